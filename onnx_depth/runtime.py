@@ -1,0 +1,163 @@
+"""The single place that talks to onnxruntime: sessions, input specs, random inputs, runs.
+
+Everything in onnx-depth that executes a model (correctness checks, calibration, profiling,
+benchmarks) goes through this module so that session settings are chosen in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
+
+OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Protobuf refuses to serialize more than 2 GiB; such models are handed to ORT as a file.
+_PROTO_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as onnxruntime sees it. Symbolic dims are strings or None."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def session_options(
+    optimization: str = "disabled",
+    threads: int | None = None,
+    spinning: bool = False,
+) -> ort.SessionOptions:
+    """SessionOptions with a named optimization level and a fixed thread count."""
+    if optimization not in OPT_LEVELS:
+        raise ValueError(f"unknown optimization level {optimization!r}; one of {sorted(OPT_LEVELS)}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = OPT_LEVELS[optimization]
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike[str] | bytes,
+    *,
+    optimization: str = "disabled",
+    threads: int | None = None,
+    provider: str = "CPUExecutionProvider",
+    provider_options: Mapping[str, str] | None = None,
+    spinning: bool = False,
+) -> ort.InferenceSession:
+    """An InferenceSession for a ModelProto, serialized bytes or a path."""
+    so = session_options(optimization, threads, spinning)
+    providers = [(provider, dict(provider_options or {}))]
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() >= _PROTO_LIMIT:
+            with tempfile.TemporaryDirectory(prefix="onnx-depth-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+                return ort.InferenceSession(path, so, providers=providers)
+        return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, so, providers=providers)
+    return ort.InferenceSession(os.fspath(model), so, providers=providers)
+
+
+def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:
+    return [
+        TensorSpec(i.name, tuple(i.shape), np.dtype(_ORT_TYPES.get(i.type, np.float32)))
+        for i in session.get_inputs()
+    ]
+
+
+def output_names(session: ort.InferenceSession) -> list[str]:
+    return [o.name for o in session.get_outputs()]
+
+
+def concrete_shape(spec: TensorSpec, dims: Mapping[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
+    """Replace symbolic dims by `dims[name]` or `default`."""
+    dims = dims or {}
+    out = []
+    for d in spec.shape:
+        if isinstance(d, int) and d >= 0:
+            out.append(d)
+        elif isinstance(d, str) and d in dims:
+            out.append(int(dims[d]))
+        else:
+            out.append(default)
+    return tuple(out)
+
+
+def random_feed(
+    specs: Sequence[TensorSpec],
+    rng: np.random.Generator,
+    dims: Mapping[str, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Random inputs: standard normal floats, small non-negative ints, random bools."""
+    feed: dict[str, np.ndarray] = {}
+    for s in specs:
+        shape = concrete_shape(s, dims)
+        if np.issubdtype(s.dtype, np.floating):
+            feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        elif s.dtype == np.bool_:
+            feed[s.name] = rng.random(shape) < 0.5
+        else:
+            feed[s.name] = rng.integers(0, 8, size=shape).astype(s.dtype)
+    return feed
+
+
+def random_feeds(
+    session: ort.InferenceSession, n: int, seed: int = 0, dims: Mapping[str, int] | None = None
+) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    specs = input_specs(session)
+    return [random_feed(specs, rng, dims) for _ in range(n)]
+
+
+def run(
+    session: ort.InferenceSession,
+    feed: Mapping[str, np.ndarray],
+    outputs: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run once; returns {output name: array}."""
+    names = list(outputs) if outputs is not None else output_names(session)
+    values = session.run(names, dict(feed))
+    return dict(zip(names, values))
