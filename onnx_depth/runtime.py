@@ -17,6 +17,8 @@ import onnxruntime as ort
 
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
 
+ort.set_default_logger_severity(3)  # keep ORT warnings (e.g. from constant folding) off the terminal
+
 OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -1,0 +1,138 @@
+"""Command line interface: a thin layer over onnx_depth.api.
+
+Exit codes: 0 ok, 1 --check found a mismatch, 2 bad input or usage, 3 latency budget infeasible,
+4 internal error (a bug: please report it with the output of --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, api
+from .errors import OnnxDepthError
+from .ir import save
+
+log = logging.getLogger("onnx_depth")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnx-depth", description="Make ONNX models shallower and faster.")
+    p.add_argument("--version", action="version", version=f"onnx-depth {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final result")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser("analyze", help="print op histogram, depth, params, MACs, activations, I/O")
+    a.add_argument("model", help="ONNX model file")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=_cmd_analyze)
+
+    o = sub.add_parser("optimize", help="rewrite IN into a shallower OUT")
+    o.add_argument("input", metavar="IN")
+    o.add_argument("output", metavar="OUT")
+    o.add_argument("--check", type=int, default=0, metavar="N", help="compare IN and OUT on N random inputs (exit 1 on mismatch)")
+    o.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+    o.set_defaults(func=_cmd_optimize)
+
+    d = sub.add_parser("demo", help="build a built-in model and optimize it")
+    d.add_argument("--model", default="mobilenetv2_1.0", help="zoo model name (default mobilenetv2_1.0)")
+    d.add_argument("--out", metavar="DIR", help="keep the files in DIR (default: a temporary directory)")
+    d.set_defaults(func=_cmd_demo)
+
+    try:
+        from .latency_db import commands as db_commands
+    except ImportError:  # pragma: no cover - latency_db always ships
+        db_commands = None
+    if db_commands is not None and hasattr(db_commands, "register"):
+        db_commands.register(sub)
+    return p
+
+
+def _print_stats(stats, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return
+    from .report import human
+
+    print(f"nodes        {stats.nodes}")
+    print(f"depth        {stats.depth}  (linear layers on the longest path: {stats.linear_depth})")
+    print(f"params       {human(stats.params)} ({stats.params})")
+    print(f"MACs         {human(stats.macs)} ({stats.macs})" + (f"  [{stats.unknown_mac_nodes} nodes without shapes not counted]" if stats.unknown_mac_nodes else ""))
+    print(f"activations  {stats.activations}")
+    for kind, tensors in (("input ", stats.inputs), ("output", stats.outputs)):
+        for t in tensors:
+            print(f"{kind}       {t.name}: {t.dtype} {t.shape}")
+    print("ops          " + ", ".join(f"{k} {v}" for k, v in stats.op_histogram.items()))
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    _print_stats(api.analyze(args.model), args.json)
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    res = api.optimize(args.input, check=args.check)
+    save(res.model, args.output, protect=args.input)
+    res.report.output = args.output
+    if args.report:
+        res.report.write_json(args.report)
+    if not args.quiet:
+        print(res.report.table())
+        if res.report.check is not None:
+            print(res.report.check.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .zoo import build
+
+    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="onnx-depth-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / f"{args.model}.onnx"
+    dst = out_dir / f"{args.model}.optimized.onnx"
+    print(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
+    save(build(args.model, bn="keep"), src)
+    print(f"onnx-depth optimize {src} {dst} --check 2")
+    ns = argparse.Namespace(input=str(src), output=str(dst), check=2, report=None, quiet=args.quiet)
+    return _cmd_optimize(ns)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="onnx-depth: %(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except OnnxDepthError as e:
+        if args.debug:
+            raise
+        print(f"onnx-depth: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onnx-depth: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - never a traceback without --debug
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"onnx-depth: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""An ONNX operator in the IR.
+
+Attributes are kept as onnx AttributeProto objects, so anything the IR does not interpret
+(subgraphs of If/Loop/Scan, sparse tensors, refs to function attributes) survives a round trip
+untouched. `attr()` reads a value, `set_attr()` writes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+from onnx import helper
+
+
+@dataclass(eq=False)
+class Node:
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    name: str = ""
+    domain: str = ""
+    attributes: dict[str, onnx.AttributeProto] = field(default_factory=dict)
+    doc_string: str = ""
+    overload: str = ""
+    metadata_props: list[tuple[str, str]] = field(default_factory=list)
+    # Names from enclosing scopes that subgraph attributes read (If/Loop/Scan bodies).
+    implicit_inputs: list[str] = field(default_factory=list)
+    # Set by Graph when the node is added; the networkx key.
+    id: int = -1
+
+    # ---- attributes -------------------------------------------------------------
+    def attr(self, name: str, default: Any = None) -> Any:
+        a = self.attributes.get(name)
+        if a is None:
+            return default
+        return helper.get_attribute_value(a)
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self.attributes[name] = helper.make_attribute(name, value)
+
+    def del_attr(self, name: str) -> None:
+        self.attributes.pop(name, None)
+
+    @property
+    def has_subgraphs(self) -> bool:
+        return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in self.attributes.values())
+
+    @property
+    def label(self) -> str:
+        """Name for messages: the ONNX name if any, else op type and first output."""
+        return self.name or f"{self.op_type}->{self.outputs[0] if self.outputs else '?'}"
+
+    # ---- protobuf conversion ----------------------------------------------------
+    @classmethod
+    def from_proto(cls, p: onnx.NodeProto) -> "Node":
+        n = cls(
+            op_type=p.op_type,
+            inputs=list(p.input),
+            outputs=list(p.output),
+            name=p.name,
+            domain=p.domain,
+            attributes={a.name: a for a in p.attribute},
+            doc_string=p.doc_string,
+            overload=getattr(p, "overload", ""),
+            metadata_props=[(m.key, m.value) for m in getattr(p, "metadata_props", [])],
+        )
+        n.implicit_inputs = sorted(_outer_names(p))
+        return n
+
+    def to_proto(self) -> onnx.NodeProto:
+        p = onnx.NodeProto()
+        p.op_type = self.op_type
+        p.input.extend(self.inputs)
+        p.output.extend(self.outputs)
+        if self.name:
+            p.name = self.name
+        if self.domain:
+            p.domain = self.domain
+        if self.doc_string:
+            p.doc_string = self.doc_string
+        if self.overload:
+            p.overload = self.overload
+        for k, v in self.metadata_props:
+            e = p.metadata_props.add()
+            e.key, e.value = k, v
+        p.attribute.extend(self.attributes.values())
+        return p
+
+
+def _outer_names(p: onnx.NodeProto) -> set[str]:
+    """Tensor names a node's subgraphs read from enclosing scopes."""
+    names: set[str] = set()
+    for a in p.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            names |= _graph_free_names(g)
+    return names
+
+
+def _graph_free_names(g: onnx.GraphProto) -> set[str]:
+    defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+    defined |= {i.values.name for i in g.sparse_initializer}
+    used: set[str] = set()
+    for n in g.node:
+        used.update(x for x in n.input if x)
+        used |= _outer_names(n)
+        defined.update(n.output)
+    used.update(o.name for o in g.output)
+    return used - defined

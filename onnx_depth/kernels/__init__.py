@@ -1,0 +1,73 @@
+"""Pure-numpy math of exact linear rewrites (no graph code).
+
+One concept per module, the math in each module's docstring:
+
+- ``conv_spec``: ``ConvSpec`` (an ONNX Conv's constants, any spatial rank), shapes, MACs, group
+  expansion (``to_dense``, ``to_block_dense``), auto_pad -> pads.
+- ``conv_compose``: conv2∘conv1 -> one conv (``compose``), its padding ``exactness`` tier and the
+  constant ``border_correction`` for CORRECTABLE chains; ``merge`` does all three.
+- ``residual``: x + conv(x) (``add_identity``) and summed parallel convs (``add_parallel``).
+- ``dense_compose``: Gemm/MatMul chains in the canonical y = x @ W + b orientation, BN between.
+- ``bn_fold``: BatchNormalization folded after Conv / ConvTranspose / Gemm / MatMul and before
+  Conv / Gemm / MatMul.
+- ``conv_reference``: a float64 numpy Conv used to compute constant maps.
+
+Convention: every kernel computes in float64 and returns float32 arrays (``OUT_DTYPE``), the
+dtype ONNX models use; inputs may be any float dtype. Unsupported configurations raise ValueError.
+"""
+
+from .bn_fold import (
+    BnBeforeResult,
+    fold_bn_after_conv,
+    fold_bn_after_conv_transpose,
+    fold_bn_after_gemm,
+    fold_bn_after_matmul,
+    fold_bn_before_conv,
+    fold_bn_before_gemm,
+    fold_bn_before_matmul,
+)
+from .conv_compose import MergeResult, Tier, border_correction, compose, exactness, merge
+from .conv_spec import OUT_DTYPE, ConvSpec, pads_from_auto_pad, to_block_dense, to_dense
+from .dense_compose import (
+    affine_from_bn,
+    compose_affine,
+    compose_affine_bn,
+    compose_chain,
+    from_gemm,
+    from_matmul,
+    to_gemm,
+    to_matmul,
+)
+from .residual import add_identity, add_parallel
+
+__all__ = [
+    "OUT_DTYPE",
+    "BnBeforeResult",
+    "ConvSpec",
+    "MergeResult",
+    "Tier",
+    "add_identity",
+    "add_parallel",
+    "affine_from_bn",
+    "border_correction",
+    "compose",
+    "compose_affine",
+    "compose_affine_bn",
+    "compose_chain",
+    "exactness",
+    "fold_bn_after_conv",
+    "fold_bn_after_conv_transpose",
+    "fold_bn_after_gemm",
+    "fold_bn_after_matmul",
+    "fold_bn_before_conv",
+    "fold_bn_before_gemm",
+    "fold_bn_before_matmul",
+    "from_gemm",
+    "from_matmul",
+    "merge",
+    "pads_from_auto_pad",
+    "to_block_dense",
+    "to_dense",
+    "to_gemm",
+    "to_matmul",
+]

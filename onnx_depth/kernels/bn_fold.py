@@ -1,0 +1,197 @@
+"""BatchNormalization folded into the linear operator before or after it.
+
+Inference BN on channel axis 1: y = s*x + t, s = scale/sqrt(var + eps), t = bias - mean*s
+(``affine_from_bn``; pass the node's own ``epsilon``).
+
+After (BN normalises the layer's *output* channels):
+- Conv, any groups: W'[o] = s[o] W[o], b' = s*b + t. Exact.
+- ConvTranspose, weight [C_in, O/g, *k] (input channels first!), groups g: output channel
+  o = j*(O/g) + q of group j comes from W[:, q] restricted to group j's input rows, so
+  W'[i, q] = W[i, q] * s[g(i)*(O/g) + q], b' = s*b + t. Exact.
+- Gemm (transA 0, any transB/alpha/beta) or MatMul with a constant 2-D weight, on 2-D activations
+  [N, C]: canonical y = x @ W + b, so W' = W * s (per column), b' = s*b + t. Exact.
+  For MatMul outputs of rank >= 3 ([B, T, C]) ONNX BN normalises axis 1 (T), not the weight's
+  output axis C: not foldable into the weight, ValueError.
+
+Before (BN normalises the layer's *input* channels):
+- Conv: conv(s*x + t) = conv' (x) with W'[o, i_loc, u] = W[o, i_loc, u] * s[i], b' = b +
+  sum_{i_loc,u} W[o, i_loc, u] t[i] (i = group(o)*C_in/g + i_loc). Exact when the conv has no
+  padding, or t == 0. With padding and t != 0 the original conv sees zeros on its padding where
+  the folded one sees t, so they differ on a border ring by a constant (input-independent) map
+  C = conv_nobias(pad0(t const)) - conv_nobias(t const on the padded grid); given the input
+  spatial shape we return it and the fold plus "Add C" is exact. ``BnBeforeResult.exact`` says
+  whether the folded operator alone is exact.
+- Gemm / MatMul on 2-D activations: W' = s[:, None] * W, b' = t @ W + b. Exact (no padding).
+
+All arithmetic is float64; returned arrays are float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .conv_reference import constant_border_map
+from .conv_spec import OUT_DTYPE, ConvSpec
+from .dense_compose import affine_from_bn, gemm_to_affine64, to_gemm
+
+
+def _check_channels(s: np.ndarray, n: int, what: str) -> None:
+    if s.shape != (n,):
+        raise ValueError(f"BN has {s.shape[0]} channels but the {what} has {n}")
+
+
+# ----- BN after ---------------------------------------------------------------------------------
+
+
+def fold_bn_after_conv(spec: ConvSpec, scale, bias, mean, var, eps: float = 1e-5) -> ConvSpec:
+    """Conv -> BN as one Conv: W' = s[o] W[o], b' = s*b + t (any groups)."""
+    s, t = affine_from_bn(scale, bias, mean, var, eps)
+    _check_channels(s, spec.out_channels, "conv output")
+    w = np.asarray(spec.weight, np.float64) * s.reshape(-1, *([1] * (spec.rank + 1)))
+    b = s * spec.bias_or_zeros() + t
+    return ConvSpec(w.astype(OUT_DTYPE), b.astype(OUT_DTYPE), spec.strides, spec.dilations, spec.pads, spec.group)
+
+
+def fold_bn_after_conv_transpose(
+    weight, conv_bias, group: int, scale, bias, mean, var, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray]:
+    """ConvTranspose (weight [C_in, O/g, *k]) -> BN as one ConvTranspose: (weight', bias').
+
+    Attributes (strides, pads, output_padding, ...) are unchanged.
+    """
+    w = np.asarray(weight, np.float64)
+    if w.ndim < 3:
+        raise ValueError(f"ConvTranspose weight must be [C_in, O/g, *k], got shape {w.shape}")
+    group = int(group)
+    if group < 1 or w.shape[0] % group:
+        raise ValueError(f"group {group} must divide the {w.shape[0]} input channels")
+    ci, og = w.shape[:2]
+    k = w.shape[2:]
+    O = og * group
+    s, t = affine_from_bn(scale, bias, mean, var, eps)
+    _check_channels(s, O, "ConvTranspose output")
+    wg = w.reshape(group, ci // group, og, *k) * s.reshape(group, 1, og, *([1] * len(k)))
+    b0 = np.zeros(O) if conv_bias is None else np.asarray(conv_bias, np.float64).reshape(-1)
+    if b0.shape != (O,):
+        raise ValueError(f"ConvTranspose bias must have shape ({O},), got {b0.shape}")
+    return wg.reshape(w.shape).astype(OUT_DTYPE), (s * b0 + t).astype(OUT_DTYPE)
+
+
+def fold_bn_after_gemm(
+    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gemm -> BN (2-D [N, C]) as one Gemm with alpha = beta = 1, the same transB: returns (B', C')."""
+    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
+    W2, b2 = _affine_after(W, b, scale, bias, mean, var, eps)
+    return to_gemm(W2, b2, transB=transB)
+
+
+def fold_bn_after_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """MatMul(x, B) -> BN as MatMul(x, B') + b' (or a Gemm). Only for 2-D activations [N, C]:
+    for rank >= 3 ONNX BN normalises axis 1, which is not the weight's output axis (ValueError)."""
+    if int(activation_rank) != 2:
+        raise ValueError(
+            f"BN after a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
+            "weight's output (last) axis; only 2-D [N, C] activations can be folded"
+        )
+    Bm = np.asarray(B, np.float64)
+    if Bm.ndim != 2:
+        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
+    W, b = _affine_after(Bm, None, scale, bias, mean, var, eps)
+    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
+
+
+def _affine_after(W, b, scale, bias, mean, var, eps):
+    W = np.asarray(W, np.float64)
+    s, t = affine_from_bn(scale, bias, mean, var, eps)
+    _check_channels(s, W.shape[1], "layer output")
+    b0 = np.zeros(W.shape[1]) if b is None else np.asarray(b, np.float64)
+    return W * s, s * b0 + t
+
+
+# ----- BN before --------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class BnBeforeResult:
+    """spec: the folded conv. exact: the folded conv alone equals BN -> Conv everywhere.
+    correction: [O, *out] constant map to add when not exact (None if exact or no input shape
+    was given). reason: why it is (not) exact."""
+
+    spec: ConvSpec
+    exact: bool
+    correction: np.ndarray | None
+    reason: str
+
+
+def fold_bn_before_conv(
+    spec: ConvSpec,
+    scale,
+    bias,
+    mean,
+    var,
+    eps: float = 1e-5,
+    input_spatial_shape: Sequence[int] | None = None,
+) -> BnBeforeResult:
+    """BN -> Conv as one Conv (+ a constant border map when the conv pads and the BN shifts)."""
+    s, t = affine_from_bn(scale, bias, mean, var, eps)
+    _check_channels(s, spec.in_channels, "conv input")
+    g, r = spec.group, spec.rank
+    w = np.asarray(spec.weight, np.float64)
+    O, ig = w.shape[:2]
+    k = w.shape[2:]
+    wg = w.reshape(g, O // g, ig, *k)
+    new_w = (wg * s.reshape(g, 1, ig, *([1] * r))).reshape(w.shape)
+    shift = np.einsum("goi...,gi->go", wg, t.reshape(g, ig)).reshape(-1)
+    new_b = spec.bias_or_zeros() + shift
+    folded = ConvSpec(new_w.astype(OUT_DTYPE), new_b.astype(OUT_DTYPE), spec.strides, spec.dilations, spec.pads, g)
+    if not spec.has_padding:
+        return BnBeforeResult(folded, True, None, "conv has no padding: exact")
+    if not np.any(t):
+        return BnBeforeResult(folded, True, None, "BN shift is zero: padding sees 0 either way, exact")
+    correction = None
+    if input_spatial_shape is not None:
+        nobias = ConvSpec(spec.weight, None, spec.strides, spec.dilations, spec.pads, g)
+        correction = constant_border_map(nobias, t, tuple(int(n) for n in input_spatial_shape)).astype(OUT_DTYPE)
+    return BnBeforeResult(
+        folded,
+        False,
+        correction,
+        "conv pads its input and the BN shift is non-zero: the folded conv sees the shift on the padding; "
+        "exact only with the constant border correction",
+    )
+
+
+def fold_bn_before_gemm(
+    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """BN (2-D [N, in]) -> Gemm as one Gemm with alpha = beta = 1, the same transB: (B', C')."""
+    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
+    W2, b2 = _affine_before(W, b, scale, bias, mean, var, eps)
+    return to_gemm(W2, b2, transB=transB)
+
+
+def fold_bn_before_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """BN -> MatMul(x, B) as MatMul(x, B') + b'. Only for 2-D activations (ValueError otherwise:
+    BN would normalise axis 1, MatMul contracts the last axis)."""
+    if int(activation_rank) != 2:
+        raise ValueError(
+            f"BN before a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
+            "contracted (last) axis; only 2-D [N, C] activations can be folded"
+        )
+    Bm = np.asarray(B, np.float64)
+    if Bm.ndim != 2:
+        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
+    W, b = _affine_before(Bm, None, scale, bias, mean, var, eps)
+    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
+
+
+def _affine_before(W, b, scale, bias, mean, var, eps):
+    W = np.asarray(W, np.float64)
+    s, t = affine_from_bn(scale, bias, mean, var, eps)
+    _check_channels(s, W.shape[0], "layer input")
+    b0 = np.zeros(W.shape[1]) if b is None else np.asarray(b, np.float64)
+    return s[:, None] * W, t @ W + b0

@@ -1,0 +1,484 @@
+"""The latency database: measured segment latencies in one SQLite file shared by processes.
+
+Key: (device fingerprint key, segment signature). Value: an `Entry` (sample count, median /
+p10 / p90 in ms, call-overhead floor, UTC time of measurement, short description).
+
+Concurrency: the file is in WAL mode with a busy timeout and every write is one short
+``BEGIN IMMEDIATE`` transaction, so several processes may read and write at once. A connection
+must not be shared across processes (open a `LatencyStore` in each). `secure_delete` is on so
+that deleted rows do not linger in free space (and cannot be resurrected by `repair`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .fingerprint import Fingerprint
+    from .timer import Timing
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+PAGE_SIZE = 4096
+BUSY_TIMEOUT_MS = 60_000
+DESCRIPTION_MAX = 200
+EXPORT_FORMAT = "onnx-depth-latency-db"
+
+# Ordered migrations: (version reached, what it does, statements). Never edit a released step;
+# append a new one. A fresh file runs them all, so every file has the same column order.
+MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
+    (1, "entries table", (
+        "CREATE TABLE entries ("
+        " fingerprint TEXT NOT NULL, signature TEXT NOT NULL, samples INTEGER NOT NULL,"
+        " median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,"
+        " measured_at TEXT NOT NULL, PRIMARY KEY (fingerprint, signature))",
+    )),
+    (2, "call-overhead floor", (
+        "ALTER TABLE entries ADD COLUMN floor_ms REAL",
+    )),
+    (3, "segment descriptions and fingerprint details", (
+        "ALTER TABLE entries ADD COLUMN description TEXT",
+        "CREATE TABLE fingerprints (key TEXT PRIMARY KEY, details TEXT NOT NULL,"
+        " first_seen TEXT NOT NULL)",
+    )),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+ENTRY_COLUMNS = ("samples", "median_ms", "p10_ms", "p90_ms", "floor_ms", "measured_at", "description")
+ROW_COLUMNS = ("fingerprint", "signature") + ENTRY_COLUMNS
+
+
+class LatencyDBError(Exception):
+    """A latency-database problem worth a one-line message (bad file, bad import, ...)."""
+
+
+class LatencyDBCorrupt(LatencyDBError):
+    """The database file is not a database or is damaged; `repair` can salvage it."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        self.path = os.fspath(path)
+        self.detail = " ".join(str(detail).split())
+        super().__init__(
+            f"latency database {self.path} is corrupt ({self.detail}); "
+            f"run `onnx-depth db repair --latency-db {self.path}`"
+        )
+
+
+def default_path() -> Path:
+    """$ONNX_DEPTH_LATENCY_DB, else $XDG_CACHE_HOME/onnx-depth/latency.sqlite, else ~/.cache/..."""
+    env = os.environ.get("ONNX_DEPTH_LATENCY_DB")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "onnx-depth" / "latency.sqlite"
+
+
+def utc_now() -> str:
+    """Current UTC time in the store's canonical ISO form."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def normalize_time(value: str) -> str:
+    """Any ISO-8601 time -> canonical UTC ISO with microseconds (naive means UTC), so that
+    string order is time order."""
+    try:
+        dt = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError as e:
+        raise LatencyDBError(f"bad measured_at {value!r}: not an ISO-8601 time") from e
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One measured latency. `floor_ms` is the call overhead measured alongside (None when
+    unknown, e.g. rows migrated from schema v1)."""
+
+    samples: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    floor_ms: float | None = None
+    measured_at: str = ""
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", int(self.samples))
+        for name in ("median_ms", "p10_ms", "p90_ms"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0:
+                raise LatencyDBError(f"bad {name} {v!r}: must be a finite non-negative number")
+            object.__setattr__(self, name, v)
+        if self.floor_ms is not None:
+            object.__setattr__(self, "floor_ms", float(self.floor_ms))
+        if self.samples < 0:
+            raise LatencyDBError(f"bad samples {self.samples}")
+        object.__setattr__(self, "measured_at", normalize_time(self.measured_at) if self.measured_at else utc_now())
+        if self.description is not None:
+            object.__setattr__(self, "description", str(self.description)[:DESCRIPTION_MAX])
+
+    @property
+    def net_ms(self) -> float:
+        """median minus the call-overhead floor (never negative)."""
+        return max(self.median_ms - (self.floor_ms or 0.0), 0.0)
+
+    @classmethod
+    def from_timing(cls, timing: "Timing", description: str | None = None) -> "Entry":
+        return cls(timing.samples, timing.median_ms, timing.p10_ms, timing.p90_ms,
+                   timing.floor_ms, utc_now(), description)
+
+
+def _fp_key(fingerprint: "Fingerprint | str") -> str:
+    return fingerprint if isinstance(fingerprint, str) else fingerprint.key()
+
+
+def _is_corruption(e: sqlite3.DatabaseError) -> bool:
+    if isinstance(e, sqlite3.OperationalError):
+        msg = str(e).lower()
+        return "malformed" in msg or "not a database" in msg or "corrupt" in msg
+    return type(e) is sqlite3.DatabaseError
+
+
+class LatencyStore:
+    """The latency database at `path` (default: `default_path()`); a context manager.
+
+    Opening creates the file (and parent folder) if `create`, checks it (header, `quick_check`)
+    and applies pending migrations. Raises `LatencyDBCorrupt` for a damaged file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True,
+                 check: bool = True) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        if not self.path.exists():
+            if not create:
+                raise LatencyDBError(f"no latency database at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.path.is_dir():
+            raise LatencyDBError(f"latency database path {self.path} is a directory")
+        self._check_header()
+        try:
+            self._conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_MS / 1000,
+                                         isolation_level=None)
+        except sqlite3.Error as e:
+            raise LatencyDBError(f"cannot open latency database {self.path}: {e}") from None
+        try:
+            with self._errors():
+                self._setup(check)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def _check_header(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(100)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise LatencyDBError(f"cannot read latency database {self.path}: {e.strerror}") from None
+        if head and (len(head) < 100 or not head.startswith(SQLITE_MAGIC)):
+            raise LatencyDBCorrupt(self.path, "file is not an SQLite database")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate sqlite errors into one-line latency-DB errors."""
+        try:
+            yield
+        except LatencyDBError:
+            raise
+        except sqlite3.DatabaseError as e:
+            if _is_corruption(e):
+                raise LatencyDBCorrupt(self.path, str(e)) from None
+            raise LatencyDBError(f"latency database {self.path}: {e}") from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE takes the write lock up front)."""
+        with self._errors():
+            for attempt in range(50):
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) and "busy" not in str(e):
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
+            else:
+                raise LatencyDBError(f"latency database {self.path} stayed locked")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _setup(self, check: bool) -> None:
+        c = self._conn
+        c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        c.execute("PRAGMA secure_delete = ON")
+        c.execute("PRAGMA synchronous = NORMAL")
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            c.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect on an empty file
+        if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            for attempt in range(50):
+                try:
+                    c.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) and "busy" not in str(e):
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
+        if check:
+            problems = [r[0] for r in c.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise LatencyDBCorrupt(self.path, "; ".join(problems)[:200])
+        if version > SCHEMA_VERSION:
+            raise LatencyDBError(
+                f"latency database {self.path} has schema v{version}, newer than this onnx-depth "
+                f"(v{SCHEMA_VERSION}); upgrade onnx-depth or use another --latency-db")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as c:
+            version = c.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+            if version == 0:
+                tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                if tables:
+                    raise LatencyDBError(
+                        f"{self.path} is an SQLite database but not an onnx-depth latency "
+                        f"database (tables: {', '.join(sorted(tables))})")
+            for target, _what, statements in MIGRATIONS:
+                if target > version:
+                    for sql in statements:
+                        c.execute(sql)
+                    c.execute(f"PRAGMA user_version = {target}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "LatencyStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._errors():
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ---- entries --------------------------------------------------------------------------
+    def get(self, fingerprint: "Fingerprint | str", signature: str) -> Entry | None:
+        """The entry for (fingerprint, signature), or None."""
+        with self._errors():
+            row = self._conn.execute(
+                f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries WHERE fingerprint = ? AND signature = ?",
+                (_fp_key(fingerprint), signature)).fetchone()
+        return None if row is None else Entry(*row)
+
+    def put(self, fingerprint: "Fingerprint | str", signature: str, entry: Entry) -> None:
+        """Insert or replace the entry (a Fingerprint object also records its details)."""
+        with self._write() as c:
+            if not isinstance(fingerprint, str):
+                self._record_fingerprint(c, fingerprint.key(), fingerprint.to_dict(), entry.measured_at)
+            self._upsert(c, (_fp_key(fingerprint), signature, *astuple_entry(entry)), newer_only=False)
+
+    def entries(self, fingerprint: "Fingerprint | str | None" = None) -> Iterator[tuple[str, str, Entry]]:
+        """All (fingerprint key, signature, entry), ordered by key."""
+        sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM entries"
+        params: tuple[str, ...] = ()
+        if fingerprint is not None:
+            sql, params = sql + " WHERE fingerprint = ?", (_fp_key(fingerprint),)
+        with self._errors():
+            rows = self._conn.execute(sql + " ORDER BY fingerprint, signature", params).fetchall()
+        for row in rows:
+            yield row[0], row[1], Entry(*row[2:])
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """Known fingerprint details by key (only those recorded from Fingerprint objects)."""
+        with self._errors():
+            rows = self._conn.execute("SELECT key, details FROM fingerprints ORDER BY key").fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for key, details in rows:
+            try:
+                out[key] = json.loads(details)
+            except ValueError:
+                out[key] = {}
+        return out
+
+    def clear(self, fingerprint: "Fingerprint | str | None" = None) -> int:
+        """Delete all entries (or those of one fingerprint); returns how many were deleted."""
+        with self._write() as c:
+            if fingerprint is None:
+                n = c.execute("DELETE FROM entries").rowcount
+                c.execute("DELETE FROM fingerprints")
+            else:
+                key = _fp_key(fingerprint)
+                n = c.execute("DELETE FROM entries WHERE fingerprint = ?", (key,)).rowcount
+                c.execute("DELETE FROM fingerprints WHERE key = ?", (key,))
+        return int(n)
+
+    def stats(self) -> dict[str, Any]:
+        """entries, fingerprints, per-fingerprint counts, file size, schema version, path."""
+        with self._errors():
+            per = dict(self._conn.execute(
+                "SELECT fingerprint, COUNT(*) FROM entries GROUP BY fingerprint ORDER BY fingerprint"
+            ).fetchall())
+        details = self.fingerprints()
+        wal = Path(os.fspath(self.path) + "-wal")
+        return {
+            "path": os.fspath(self.path),
+            "schema_version": self.schema_version,
+            "entries": sum(per.values()),
+            "fingerprints": len(per),
+            "per_fingerprint": {k: {"entries": n, "details": details.get(k)} for k, n in per.items()},
+            "file_bytes": self.path.stat().st_size if self.path.exists() else 0,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        }
+
+    # ---- export / import ------------------------------------------------------------------
+    def export(self, path: str | os.PathLike[str]) -> int:
+        """Write all entries to `path` (.json or .csv); returns the number of entries."""
+        path = Path(path)
+        kind = _file_kind(path)
+        rows = [_row_dict(fp, sig, e) for fp, sig, e in self.entries()]
+        details = self.fingerprints()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                if kind == "json":
+                    json.dump({"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION,
+                               "fingerprints": details, "entries": rows}, f, indent=1)
+                    f.write("\n")
+                else:
+                    w = csv.DictWriter(f, fieldnames=list(ROW_COLUMNS) + ["fingerprint_details"])
+                    w.writeheader()
+                    for r in rows:
+                        d = details.get(r["fingerprint"])
+                        w.writerow({**{k: "" if v is None else v for k, v in r.items()},
+                                    "fingerprint_details": json.dumps(d, sort_keys=True) if d else ""})
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LatencyDBError(f"cannot write {path}: {e.strerror}") from None
+        return len(rows)
+
+    def import_(self, path: str | os.PathLike[str]) -> int:
+        """Merge entries from a .json/.csv export; on a key conflict the newer `measured_at`
+        wins. Returns the number of rows inserted or updated."""
+        path = Path(path)
+        rows, details = _read_export(path)
+        changed = 0
+        with self._write() as c:
+            for key, d in details.items():
+                self._record_fingerprint(c, key, d, utc_now())
+            for row in rows:
+                changed += self._upsert(c, row, newer_only=True)
+        return changed
+
+    def put_many(self, rows: Sequence[tuple[str, str, Entry]], *, newer_only: bool = False) -> int:
+        """Upsert many (fingerprint key, signature, entry) in one transaction."""
+        with self._write() as c:
+            return sum(self._upsert(c, (fp, sig, *astuple_entry(e)), newer_only) for fp, sig, e in rows)
+
+    @staticmethod
+    def _upsert(c: sqlite3.Connection, row: tuple[Any, ...], newer_only: bool) -> int:
+        sets = ", ".join(f"{k} = excluded.{k}" for k in ENTRY_COLUMNS)
+        where = " WHERE excluded.measured_at > entries.measured_at" if newer_only else ""
+        cur = c.execute(
+            f"INSERT INTO entries ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+            f" ON CONFLICT (fingerprint, signature) DO UPDATE SET {sets}{where}", row)
+        return max(cur.rowcount, 0)
+
+    @staticmethod
+    def _record_fingerprint(c: sqlite3.Connection, key: str, details: dict[str, Any], when: str) -> None:
+        c.execute("INSERT OR IGNORE INTO fingerprints (key, details, first_seen) VALUES (?, ?, ?)",
+                  (key, json.dumps(details, sort_keys=True), when))
+
+
+def astuple_entry(e: Entry) -> tuple[Any, ...]:
+    return tuple(getattr(e, k) for k in ENTRY_COLUMNS)
+
+
+def _row_dict(fp: str, sig: str, e: Entry) -> dict[str, Any]:
+    return {"fingerprint": fp, "signature": sig, **asdict(e)}
+
+
+def _file_kind(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext not in (".json", ".csv"):
+        raise LatencyDBError(f"cannot tell the format of {path}: use a .json or .csv file name")
+    return ext[1:]
+
+
+def _entry_from_record(rec: dict[str, Any], where: str) -> tuple[Any, ...]:
+    try:
+        fp, sig = str(rec["fingerprint"]).strip(), str(rec["signature"]).strip()
+        if not fp or not sig:
+            raise ValueError("empty fingerprint or signature")
+        vals = {k: rec.get(k) for k in ENTRY_COLUMNS}
+        for k in ("floor_ms", "description"):
+            if vals[k] in ("", None):
+                vals[k] = None
+        if not vals["measured_at"]:
+            raise ValueError("missing measured_at")
+        entry = Entry(**{k: v for k, v in vals.items() if k in {f.name for f in fields(Entry)}})
+    except LatencyDBError as e:
+        raise LatencyDBError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise LatencyDBError(f"{where}: bad entry ({e})") from None
+    return (fp, sig, *astuple_entry(entry))
+
+
+def _read_export(path: Path) -> tuple[list[tuple[Any, ...]], dict[str, dict[str, Any]]]:
+    kind = _file_kind(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            if kind == "json":
+                try:
+                    doc = json.load(f)
+                except ValueError as e:
+                    raise LatencyDBError(f"{path} is not valid JSON ({e})") from None
+                if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+                    raise LatencyDBError(f"{path} is not an onnx-depth latency export (no 'entries' list)")
+                details = doc.get("fingerprints") or {}
+                rows = [_entry_from_record(r, f"{path} entry {i}") if isinstance(r, dict)
+                        else _bad(f"{path} entry {i}: not an object") for i, r in enumerate(doc["entries"])]
+                return rows, {k: v for k, v in details.items() if isinstance(v, dict)}
+            reader = csv.DictReader(f)
+            missing = {"fingerprint", "signature", "median_ms", "measured_at"} - set(reader.fieldnames or ())
+            if missing:
+                raise LatencyDBError(f"{path} is not an onnx-depth latency export (missing columns: "
+                                     f"{', '.join(sorted(missing))})")
+            rows, details = [], {}
+            for i, rec in enumerate(reader, start=2):
+                rows.append(_entry_from_record(rec, f"{path} line {i}"))
+                if rec.get("fingerprint_details"):
+                    with contextlib.suppress(ValueError):
+                        details[rows[-1][0]] = json.loads(rec["fingerprint_details"])
+            return rows, details
+    except FileNotFoundError:
+        raise LatencyDBError(f"no such file: {path}") from None
+    except UnicodeDecodeError:
+        raise LatencyDBError(f"{path} is not a text export") from None
+    except OSError as e:
+        raise LatencyDBError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _bad(msg: str) -> tuple[Any, ...]:
+    raise LatencyDBError(msg)

@@ -1,0 +1,91 @@
+"""What the user sees: the before/after table and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .compare import Comparison
+from .metrics import ModelStats
+
+
+def human(n: float) -> str:
+    """12345678 -> '12.35M'."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"
+
+
+@dataclass
+class Report:
+    input: str
+    output: str | None
+    before: ModelStats
+    after: ModelStats
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    check: Comparison | None = None
+    latency_ratio_measured: float | None = None
+    latency_ratio_predicted: float | None = None
+    budget: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = [("", "before", "after", "change")]
+
+        def row(label: str, a: float, b: float, fmt=human) -> None:
+            change = "" if a == 0 else f"{(b - a) / a:+.1%}"
+            rows.append((label, fmt(a), fmt(b), change))
+
+        b, a = self.before, self.after
+        row("nodes", b.nodes, a.nodes, str)
+        row("depth", b.depth, a.depth, str)
+        row("linear depth", b.linear_depth, a.linear_depth, str)
+        row("activations", b.activations, a.activations, str)
+        row("params", b.params, a.params)
+        row("MACs", b.macs, a.macs)
+        if self.latency_ratio_measured is not None:
+            rows.append(("latency ratio", "1", f"{self.latency_ratio_measured:.3f}", "measured"))
+        if self.check is not None:
+            rows.append(("fidelity", "", "match" if self.check.allclose else "MISMATCH", f"max err {self.check.max_abs:.2g}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "input": self.input,
+            "output": self.output,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "passes": self.passes,
+            "latency_ratio_measured": self.latency_ratio_measured,
+            "latency_ratio_predicted": self.latency_ratio_predicted,
+            "budget": self.budget,
+            "notes": self.notes,
+        }
+        for k in ("nodes", "depth", "params", "macs"):
+            d[f"{k}_before"] = getattr(self.before, k)
+            d[f"{k}_after"] = getattr(self.after, k)
+        if self.check is not None:
+            d["fidelity"] = self.check.to_dict()
+        return d
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, default=_jsonable)
+        os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
