@@ -9,12 +9,30 @@
 - `commands`: the `onnx-depth db ...` subcommand (`register`, `run`)
 """
 
-from .fingerprint import Fingerprint, current
-from .profile import measure
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Eager: these functions share their module's name, so bind them before anything imports the
+# module (which would otherwise leave the package attribute pointing at the module).
 from .repair import RepairResult, repair
 from .signature import describe, signature
 from .store import Entry, LatencyDBCorrupt, LatencyDBError, LatencyStore, default_path
-from .timer import Comparison, Timing, interleaved_ab, time_model
+
+_EXPORTS = {
+    "Fingerprint": "fingerprint", "current": "fingerprint",
+    "measure": "profile",
+    "Comparison": "timer", "Timing": "timer", "interleaved_ab": "timer", "time_model": "timer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports of the modules that import onnxruntime (`db` commands do not need it)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Comparison", "Entry", "Fingerprint", "LatencyDBCorrupt", "LatencyDBError", "LatencyStore",

@@ -4,8 +4,8 @@ SQLite cannot read past a damaged header or a broken b-tree page, so this module
 format itself: every page (with the latest committed WAL frame of each page laid over it) is
 parsed as a b-tree page, and every leaf cell whose record has the shape of an `entries` row (or
 a `fingerprints` row) is kept. Freelist pages are skipped when the header is readable (and the
-store writes with `secure_delete`, so freed content is zeroed anyway). Index leaf cells of the
-`entries` primary key tell which keys existed, which gives a count of rows lost.
+store writes with `secure_delete`, so freed content is zeroed anyway). The index cells of the
+`entries` primary key (leaf and interior) tell which keys existed: a count of rows lost.
 """
 
 from __future__ import annotations
@@ -93,15 +93,19 @@ def _record(payload: bytes) -> list[Any]:
 
 
 def _cells(page: bytes, hdr: int, usable: int) -> Iterator[tuple[int, list[Any] | None]]:
-    """(page type, record or None when unreadable/overflowing) for each leaf cell."""
+    """(page type, record or None when unreadable/overflowing) for each cell that holds a
+    record: table leaf cells and index cells (index interior cells hold keys too)."""
     kind = page[hdr]
-    if kind not in (0x0D, 0x0A):
+    if kind not in (0x0D, 0x0A, 0x02):
         return
     ncells = struct.unpack_from(">H", page, hdr + 3)[0]
-    if hdr + 8 + 2 * ncells > len(page):
+    ptrs = hdr + (12 if kind == 0x02 else 8)
+    if ptrs + 2 * ncells > len(page):
         return
     for k in range(ncells):
-        off = struct.unpack_from(">H", page, hdr + 8 + 2 * k)[0]
+        off = struct.unpack_from(">H", page, ptrs + 2 * k)[0]
+        if kind == 0x02:
+            off += 4  # left child page number
         try:
             size, i = _varint(page, off)
             if kind == 0x0D:
@@ -220,7 +224,7 @@ def _scan_pages(path: Path, data: bytes, page_size: int, usable: int, header_ok:
         for kind, rec in _cells(page, hdr, usable):
             if rec is None:
                 continue
-            if kind == 0x0A:
+            if kind in (0x0A, 0x02):
                 if len(rec) == 3 and isinstance(rec[0], str) and isinstance(rec[1], str) and isinstance(rec[2], int):
                     index_keys.add((rec[0], rec[1]))
                 continue

@@ -28,6 +28,8 @@ def _linear(b: Builder, x: str, p: str, cin: int, cout: int, gain: float) -> str
 def ffn_stack(*, seq: int = 128, d_model: int = 256, d_ff: int = 1024, blocks: int = 4, act: str = "gelu",
               prelu_slope: float = 0.25, bn: str = "keep", seed: int = 0, batch: int = 1) -> onnx.ModelProto:
     """`blocks` x (LayerNorm -> Linear -> act -> Linear -> + input); `bn` is accepted and ignored."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     b = Builder(seed=seed, bn=bn)

@@ -6,13 +6,18 @@ import onnx
 
 from ._builder import Builder
 
+# He gain of the last conv of each residual branch. With the full gain 2, the un-normalized sum
+# x + f(x) grows block after block (ResNet-50 logits std ~4e3); trained ResNets have small last-BN
+# gammas instead. 0.25 keeps the logits std around 5-15 at any depth here.
+RESIDUAL_GAIN = 0.25
+
 _LAYERS = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3])}
 
 
 def _basic(b: Builder, x: str, p: str, cin: int, planes: int, stride: int) -> tuple[str, int]:
     h = b.conv_bn(x, cin, planes, 3, stride=stride, conv=f"{p}.conv1", bn=f"{p}.bn1")
     h = b.relu(h, f"{p}.relu1")
-    h = b.conv_bn(h, planes, planes, 3, conv=f"{p}.conv2", bn=f"{p}.bn2")
+    h = b.conv_bn(h, planes, planes, 3, conv=f"{p}.conv2", bn=f"{p}.bn2", gain=RESIDUAL_GAIN)
     idn = _downsample(b, x, p, cin, planes, stride)
     h = b.node("Add", f"{p}.add", [h, idn])
     return b.relu(h, f"{p}.relu2"), planes
@@ -24,7 +29,7 @@ def _bottleneck(b: Builder, x: str, p: str, cin: int, planes: int, stride: int) 
     h = b.relu(h, f"{p}.relu1")
     h = b.conv_bn(h, planes, planes, 3, stride=stride, conv=f"{p}.conv2", bn=f"{p}.bn2")
     h = b.relu(h, f"{p}.relu2")
-    h = b.conv_bn(h, planes, cout, 1, conv=f"{p}.conv3", bn=f"{p}.bn3")
+    h = b.conv_bn(h, planes, cout, 1, conv=f"{p}.conv3", bn=f"{p}.bn3", gain=RESIDUAL_GAIN)
     idn = _downsample(b, x, p, cin, cout, stride)
     h = b.node("Add", f"{p}.add", [h, idn])
     return b.relu(h, f"{p}.relu3"), cout

@@ -1,0 +1,96 @@
+"""Hypothesis strategies and random-weight helpers shared by the kernel tests.
+
+Weights are ~N(0, 1/fan_in) so activations stay O(1) through a chain; biases and BN parameters
+are O(1). Arrays come from a numpy Generator seeded by hypothesis (fast, reproducible).
+"""
+
+from __future__ import annotations
+
+from math import gcd, prod
+
+import numpy as np
+from hypothesis import strategies as st
+
+from onnx_depth.kernels import ConvSpec
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def rand_conv(rng, O, I, kernel, group=1, strides=None, dilations=None, pads=None, bias=True) -> ConvSpec:
+    fan_in = (I // group) * prod(kernel)
+    w = rng.standard_normal((O, I // group, *kernel)) / np.sqrt(fan_in)
+    b = rng.standard_normal(O) if bias else None
+    return ConvSpec(w.astype(np.float32), None if b is None else b.astype(np.float32), strides, dilations, pads, group)
+
+
+def rand_bn(rng, C):
+    """(scale, bias, mean, var) with var > 0 and |scale| not tiny."""
+    scale = rng.uniform(0.5, 1.5, C) * rng.choice([-1.0, 1.0], C)
+    return (
+        scale.astype(np.float32),
+        rng.standard_normal(C).astype(np.float32),
+        rng.standard_normal(C).astype(np.float32),
+        rng.uniform(0.25, 2.0, C).astype(np.float32),
+    )
+
+
+@st.composite
+def channel_groups(draw):
+    """(I, M, O, g1, g2) covering dense, equal groups, depthwise chains and dense<->grouped mixes."""
+    mode = draw(st.sampled_from(["dense", "grouped", "dw", "dw_mult", "mixed"]))
+    if mode == "dense":
+        I, M, O = (draw(st.integers(1, 8)) for _ in range(3))
+        return I, M, O, 1, 1
+    if mode == "grouped":
+        g = draw(st.integers(2, 4))
+        a, b, c = (draw(st.integers(1, 8 // g)) for _ in range(3))
+        return g * a, g * b, g * c, g, g
+    if mode == "dw":
+        C = draw(st.integers(1, 8))
+        return C, C, C, C, C
+    if mode == "dw_mult":  # depthwise with channel multiplier 2, then depthwise
+        C = draw(st.integers(1, 4))
+        return C, 2 * C, 2 * C, C, 2 * C
+    I, O = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    M = draw(st.sampled_from([2, 4, 6, 8]))
+    g1 = draw(st.sampled_from(divisors(gcd(I, M))))
+    g2 = draw(st.sampled_from(divisors(gcd(M, O))))
+    return I, M, O, g1, g2
+
+
+@st.composite
+def conv_chains(draw, rank: int, max_k: int = 7):
+    """(conv1, conv2, input_shape) for conv2(conv1(x)), with the padding tier steered by `mode`."""
+    rng = np.random.default_rng(draw(seeds))
+    I, M, O, g1, g2 = draw(channel_groups())
+    mode = draw(st.sampled_from(["exact", "correctable", "patchify", "any"]))
+    k1, k2, s1, s2, d1, d2, p1b, p1e, p2b, p2e, n = ([] for _ in range(11))
+    for _ in range(rank):
+        k1.append(draw(st.integers(1, max_k)))
+        k2.append(draw(st.integers(1, max_k)))
+        s1.append(draw(st.integers(1, 3)))
+        s2.append(draw(st.integers(1, 3)))
+        d1.append(draw(st.integers(1, 2)))
+        d2.append(draw(st.integers(1, 2)))
+        p1b.append(draw(st.integers(0, 3)))
+        p1e.append(draw(st.integers(0, 3)))
+        p2b.append(draw(st.integers(0, 3)))
+        p2e.append(draw(st.integers(0, 3)))
+        if mode == "exact":
+            p2b[-1] = p2e[-1] = 0
+        elif mode == "correctable":
+            k1[-1], p1b[-1], p1e[-1] = 1, 0, 0
+        elif mode == "patchify":
+            k1[-1], d1[-1], p1b[-1], p1e[-1] = s1[-1], 1, 0, 0
+        e1 = d1[-1] * (k1[-1] - 1) + 1
+        e2 = d2[-1] * (k2[-1] - 1) + 1
+        base = max(e1 - p1b[-1] - p1e[-1], 1) + s1[-1] * max(e2 - 1 - p2b[-1] - p2e[-1], 0)
+        n.append(base + draw(st.integers(0, s1[-1] * s2[-1] + 1)))
+    c1 = rand_conv(rng, M, I, k1, g1, s1, d1, p1b + p1e, bias=draw(st.booleans()))
+    c2 = rand_conv(rng, O, M, k2, g2, s2, d2, p2b + p2e, bias=draw(st.booleans()))
+    batch = draw(st.integers(1, 2))
+    return c1, c2, (batch, I, *n)
