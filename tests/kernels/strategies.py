@@ -94,3 +94,48 @@ def conv_chains(draw, rank: int, max_k: int = 7):
     c2 = rand_conv(rng, O, M, k2, g2, s2, d2, p2b + p2e, bias=draw(st.booleans()))
     batch = draw(st.integers(1, 2))
     return c1, c2, (batch, I, *n)
+
+
+@st.composite
+def residual_convs(draw, rank: int):
+    """(conv, input_shape) with C_in == C_out, stride 1; mostly size-preserving, sometimes not."""
+    rng = np.random.default_rng(draw(seeds))
+    C = draw(st.integers(1, 8))
+    g = draw(st.sampled_from(divisors(C)))
+    k, d, pads_b, pads_e, n = [], [], [], [], []
+    broken = draw(st.sampled_from(["ok", "ok", "ok", "ok", "size", "tap"]))
+    for _ in range(rank):
+        k.append(draw(st.integers(1, 7)))
+        d.append(draw(st.integers(1, 2)))
+        e = d[-1] * (k[-1] - 1) + 1
+        pb = d[-1] * draw(st.integers(0, k[-1] - 1))
+        if broken == "tap" and d[-1] == 2 and k[-1] > 1:
+            pb = pb + 1 if pb + 1 <= e - 1 else pb - 1  # identity falls between taps
+        pads_b.append(pb)
+        pads_e.append(e - 1 - pb)
+        n.append(e + draw(st.integers(0, 3)))
+    if broken == "size":
+        pads_e[0] += 1
+    conv = rand_conv(rng, C, C, k, g, None, d, pads_b + pads_e, bias=draw(st.booleans()))
+    return conv, (draw(st.integers(1, 2)), C, *n)
+
+
+@st.composite
+def parallel_convs(draw, rank: int):
+    """(a, b, input_shape): two convs over the same input with equal strides and consistent pads."""
+    rng = np.random.default_rng(draw(seeds))
+    I, O = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    common = divisors(gcd(I, O))
+    strides = [draw(st.integers(1, 3)) for _ in range(rank)]
+    ks = {c: [draw(st.integers(1, 7)) for _ in range(rank)] for c in "ab"}
+    ds = {c: [draw(st.integers(1, 2)) for _ in range(rank)] for c in "ab"}
+    es = {c: [ds[c][a] * (ks[c][a] - 1) + 1 for a in range(rank)] for c in "ab"}
+    L = [draw(st.integers(-min(es["a"][a], es["b"][a]), 2)) for a in range(rank)]
+    specs = []
+    for c in "ab":
+        pb = [draw(st.integers(0, L[a] + es[c][a])) for a in range(rank)]
+        pe = [L[a] + es[c][a] - pb[a] for a in range(rank)]
+        g = draw(st.sampled_from(common))
+        specs.append(rand_conv(rng, O, I, ks[c], g, strides, ds[c], pb + pe, bias=draw(st.booleans())))
+    n = [max(es["a"][a], es["b"][a]) + draw(st.integers(0, 2 * strides[a])) for a in range(rank)]
+    return specs[0], specs[1], (draw(st.integers(1, 2)), I, *n)

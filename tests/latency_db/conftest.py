@@ -36,6 +36,7 @@ def conv_model(c_in: int = 16, c_out: int = 16, hw: int = 32, k: int = 3, stride
     return m
 
 
-@pytest.fixture
-def make_conv() -> Callable[..., onnx.ModelProto]:
+@pytest.fixture(name="conv_model")
+def conv_model_fixture() -> Callable[..., onnx.ModelProto]:
+    """The `conv_model` builder (a fixture, so tests work in any pytest import mode)."""
     return conv_model

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import IR_VERSION, conv_model
 from onnx_depth.latency_db.signature import canonical, describe, signature
 
 
-def test_same_shapes_different_weights_and_names_share() -> None:
+def test_same_shapes_different_weights_and_names_share(conv_model: Callable[..., onnx.ModelProto]) -> None:
     a = conv_model(seed=0)
     b = conv_model(seed=1, names="other_model/block3/")
     b.graph.doc_string = "from another model"
@@ -19,7 +20,7 @@ def test_same_shapes_different_weights_and_names_share() -> None:
     assert len(signature(a)) == 64 and int(signature(a), 16) >= 0
 
 
-def test_changes_that_matter_change_the_signature() -> None:
+def test_changes_that_matter_change_the_signature(conv_model: Callable[..., onnx.ModelProto]) -> None:
     base = signature(conv_model())
     variants = {
         "kernel 5x5": conv_model(k=5),
@@ -50,7 +51,7 @@ def _two_branch(order: list[int], w_seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Add", ["a", "b"], ["y"])]
     g = helper.make_graph([nodes[i] for i in order], "g", [x], [y], inits if order[0] == 0 else inits[::-1])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = IR_VERSION
+    m.ir_version = 9
     return m
 
 
@@ -100,7 +101,7 @@ def test_symbolic_dims_are_name_free() -> None:
     assert canonical(model("N"))["graph"]["inputs"] == [["float32", ["?0", 4]]]
 
 
-def test_describe() -> None:
+def test_describe(conv_model: Callable[..., onnx.ModelProto]) -> None:
     assert describe(conv_model(64, 64, 56)) == "Conv[3x3,s1,g1] 64->64 @56x56"
     assert describe(conv_model(32, 32, 112, stride=2, group=32, relu=True)) == "Conv[3x3,s2,g32] 32->32 @112x112 + Relu"
     big = _two_branch([0, 1, 2])
