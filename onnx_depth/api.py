@@ -9,6 +9,7 @@ import onnx
 
 from . import compare, ir, metrics
 from .errors import CheckFailed
+from .passes import LOSSLESS, PassContext, run_to_fixed_point
 from .report import Report
 
 ModelSource = "onnx.ModelProto | str | os.PathLike[str]"
@@ -28,13 +29,14 @@ class OptimizeResult:
 def optimize(
     model: "onnx.ModelProto | str | os.PathLike[str]",
     *,
+    lossless: bool = True,
     check: int = 0,
     seed: int = 0,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
-    The pipeline is empty for now: the model is loaded into the IR (constants promoted and
-    folded, shapes inferred) and emitted again. `check` > 0 compares the original and the
+    lossless: run the exact rewrites (canonicalize, fold_bn, exact_activations, merge_linear)
+    to a fixed point; with lossless=False only load and emit (round trip). `check` > 0 compares the original and the
     result with onnxruntime (all graph optimizations disabled) on that many random inputs and
     raises CheckFailed on a mismatch.
     """
@@ -42,9 +44,10 @@ def optimize(
     # "before" describes the model as given, before our loader folds constants.
     before = metrics.model_stats(ir.load(model, fold=False))
     graph = ir.load(model)
+    results = run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True)) if lossless else []
     out = ir.to_proto(graph)
     after = metrics.model_stats(graph)
-    report = Report(input=source_name, output=None, before=before, after=after)
+    report = Report(input=source_name, output=None, before=before, after=after, passes=[r.to_dict() for r in results])
     if check:
         reference = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
         report.check = compare.compare_models(reference, out, n_random=check, seed=seed)

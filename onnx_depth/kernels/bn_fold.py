@@ -145,7 +145,7 @@ def fold_bn_before_conv(
     k = w.shape[2:]
     wg = w.reshape(g, O // g, ig, *k)
     new_w = (wg * s.reshape(g, 1, ig, *([1] * r))).reshape(w.shape)
-    shift = np.einsum("goi...,gi->go", wg, t.reshape(g, ig)).reshape(-1)
+    shift = np.einsum("goi,gi->go", wg.reshape(g, O // g, ig, -1).sum(-1), t.reshape(g, ig)).reshape(-1)
     new_b = spec.bias_or_zeros() + shift
     folded = ConvSpec(new_w.astype(OUT_DTYPE), new_b.astype(OUT_DTYPE), spec.strides, spec.dilations, spec.pads, g)
     if not spec.has_padding:

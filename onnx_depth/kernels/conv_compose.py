@@ -133,7 +133,7 @@ def _live(c1: ConvSpec, a: int, y: int, n: int | None) -> bool:
 
 
 def _axis_facts(c1: ConvSpec, c2: ConvSpec, a: int, n: int | None) -> tuple[bool, bool, bool]:
-    """(conv2 reads h out of range, some such read is input-dependent, some read is input-dependent)."""
+    """(conv2 reads h out of range, some out-of-range read sees real input, some read at all does)."""
     r = c1.rank
     s2, d2, k2 = c2.strides[a], c2.dilations[a], c2.kernel_shape[a]
     p2b, p2e = c2.pads[a], c2.pads[a + r]

@@ -84,4 +84,4 @@ def constant_border_map(
     ring = np.broadcast_to(c.reshape(-1, *([1] * r)), (c.shape[0], *padded)).copy()
     inner = tuple(slice(spec.pads[a], spec.pads[a] + n) for a, n in enumerate(inner_spatial_shape))
     ring[(slice(None), *inner)] = 0.0
-    return -correlate_valid(ring, spec.weight, spec.strides, spec.dilations, spec.group)
+    return 0.0 - correlate_valid(ring, spec.weight, spec.strides, spec.dilations, spec.group)

@@ -10,6 +10,7 @@ store writes with `secure_delete`, so freed content is zeroed anyway). The index
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -18,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .store import (ENTRY_COLUMNS, SQLITE_MAGIC, Entry, LatencyDBCorrupt, LatencyDBError,
-                    LatencyStore)
+from .store import (SQLITE_MAGIC, Entry, LatencyDBCorrupt, LatencyDBError, LatencyStore,
+                    default_path, utc_now)
 
 _PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 
@@ -201,6 +202,8 @@ def scan(path: str | os.PathLike[str]) -> tuple[dict[tuple[str, str], Entry], di
         result = _scan_pages(path, data, page_size, page_size - reserved, header_ok)
         if len(result[0]) > len(best[0]) or not best[0]:
             best = result
+        if best[0]:  # the store always writes 4096-byte pages, tried first
+            break
     return best
 
 
@@ -252,8 +255,6 @@ def repair(path: str | os.PathLike[str] | None = None, *, force: bool = False) -
     """Rebuild a damaged database: salvage readable rows into a fresh file, keep the damaged one
     as `<path>.corrupt`, and swap the fresh file in atomically. A healthy file is left alone
     unless `force`. Run it while no other process uses the database."""
-    from .store import default_path
-
     path = Path(path) if path is not None else default_path()
     if not path.is_file():
         raise LatencyDBError(f"no latency database at {path}")
@@ -269,11 +270,17 @@ def repair(path: str | os.PathLike[str] | None = None, *, force: bool = False) -
         fresh.put_many([(fp, sig, e) for (fp, sig), e in entries.items()])
         with fresh._write() as c:  # noqa: SLF001 - same package
             for key, details in fps.items():
-                c.execute("INSERT OR IGNORE INTO fingerprints (key, details, first_seen) VALUES (?, ?, ?)",
-                          (key, details, min((e.measured_at for (f, _), e in entries.items() if f == key),
-                                             default="1970-01-01T00:00:00.000000+00:00")))
+                try:
+                    parsed = json.loads(details)
+                except ValueError:
+                    continue
+                when = min((e.measured_at for (f, _), e in entries.items() if f == key), default=utc_now())
+                LatencyStore._record_fingerprint(c, key, parsed, when)  # noqa: SLF001
         fresh._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # noqa: SLF001
     backup = path.with_name(path.name + ".corrupt")
+    n = 1
+    while backup.exists():  # never overwrite the backup of an earlier repair
+        backup, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
     shutil.copy2(path, backup)
     for suffix in ("-wal", "-shm"):
         side = Path(os.fspath(path) + suffix)
@@ -287,4 +294,4 @@ def repair(path: str | os.PathLike[str] | None = None, *, force: bool = False) -
     return RepairResult(os.fspath(path), True, len(entries), lost, bad_pages, os.fspath(backup))
 
 
-__all__ = ["RepairResult", "repair", "scan", "ENTRY_COLUMNS"]
+__all__ = ["RepairResult", "repair", "scan"]

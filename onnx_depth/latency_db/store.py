@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from ..errors import OnnxDepthError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprint
     from .timer import Timing
@@ -57,8 +59,9 @@ ENTRY_COLUMNS = ("samples", "median_ms", "p10_ms", "p90_ms", "floor_ms", "measur
 ROW_COLUMNS = ("fingerprint", "signature") + ENTRY_COLUMNS
 
 
-class LatencyDBError(Exception):
-    """A latency-database problem worth a one-line message (bad file, bad import, ...)."""
+class LatencyDBError(OnnxDepthError):
+    """A latency-database problem worth a one-line message (bad file, bad import, ...);
+    the CLI prints it as one line with exit code 2."""
 
 
 class LatencyDBCorrupt(LatencyDBError):

@@ -33,6 +33,7 @@ def _inverted_residual(b: Builder, x: str, p: str, cin: int, cout: int, stride: 
         h = _conv_bn_relu6(b, h, f"{p}.conv.{i}", cin, hidden, 1)
         i += 1
     h = _conv_bn_relu6(b, h, f"{p}.conv.{i}", hidden, hidden, 3, stride=stride, groups=hidden)
+    # Linear bottleneck: gain 1 (not 2) so that 17 un-activated projections do not double the scale each.
     h = b.conv_bn(h, hidden, cout, 1, conv=f"{p}.conv.{i + 1}", bn=f"{p}.conv.{i + 2}", gain=1.0)
     if stride == 1 and cin == cout:
         h = b.node("Add", f"{p}.add", [x, h])

@@ -100,8 +100,15 @@ def conv_chains(draw, rank: int, max_k: int = 7):
 def residual_convs(draw, rank: int):
     """(conv, input_shape) with C_in == C_out, stride 1; mostly size-preserving, sometimes not."""
     rng = np.random.default_rng(draw(seeds))
-    C = draw(st.integers(1, 8))
-    g = draw(st.sampled_from(divisors(C)))
+    gmode = draw(st.sampled_from(["dense", "grouped", "dw"]))
+    if gmode == "dense":
+        C, g = draw(st.integers(1, 8)), 1
+    elif gmode == "grouped":
+        g = draw(st.integers(2, 4))
+        C = g * draw(st.integers(1, 8 // g))
+    else:
+        C = draw(st.integers(1, 8))
+        g = C
     k, d, pads_b, pads_e, n = [], [], [], [], []
     broken = draw(st.sampled_from(["ok", "ok", "ok", "ok", "size", "tap"]))
     for _ in range(rank):
@@ -124,8 +131,13 @@ def residual_convs(draw, rank: int):
 def parallel_convs(draw, rank: int):
     """(a, b, input_shape): two convs over the same input with equal strides and consistent pads."""
     rng = np.random.default_rng(draw(seeds))
-    I, O = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    common = divisors(gcd(I, O))
+    g0 = draw(st.sampled_from([1, 2, 3, 4, "dw"]))
+    if g0 == "dw":
+        I = O = draw(st.integers(1, 8))
+        common = [I, I, 1] + divisors(I)  # mostly depthwise, sometimes mixed with dense/grouped
+    else:
+        I, O = g0 * draw(st.integers(1, 8 // g0)), g0 * draw(st.integers(1, 8 // g0))
+        common = divisors(g0)
     strides = [draw(st.integers(1, 3)) for _ in range(rank)]
     ks = {c: [draw(st.integers(1, 7)) for _ in range(rank)] for c in "ab"}
     ds = {c: [draw(st.integers(1, 2)) for _ in range(rank)] for c in "ab"}

@@ -89,8 +89,8 @@ def test_fingerprint_stable_and_sorted_options() -> None:
         current(optimization="max")
 
 
-def _writer(path: str, worker: int, n: int, start: "multiprocessing.synchronize.Event") -> None:
-    start.wait(30)
+def _writer(path: str, worker: int, n: int, start: "multiprocessing.synchronize.Barrier") -> None:
+    start.wait(30)  # all four open (and create/migrate) the file at the same moment
     with LatencyStore(path) as s:
         for i in range(n):
             s.put(f"fp{worker % 2}", f"w{worker}-{i}", Entry(i + 1, float(i), 0.0, float(i), 0.001))
@@ -99,11 +99,10 @@ def _writer(path: str, worker: int, n: int, start: "multiprocessing.synchronize.
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite")  # does not exist yet: creation races too
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(4)
     procs = [ctx.Process(target=_writer, args=(path, w, 200, start)) for w in range(4)]
     for p in procs:
         p.start()
-    start.set()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
@@ -286,3 +285,32 @@ def test_not_a_database(tmp_path: Path) -> None:
         assert s.stats()["entries"] == 0
     with pytest.raises(LatencyDBError, match="no latency database"):
         repair(tmp_path / "missing.sqlite")
+
+
+def test_repair_reads_committed_wal_frames(tmp_path: Path) -> None:
+    live = tmp_path / "live.sqlite"
+    s = LatencyStore(live)
+    try:
+        s.put_many([("fp", f"old{i}", _entry(i)) for i in range(300)])
+        s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        s.put_many([("fp", f"new{i}", _entry(i)) for i in range(200)])  # only in the WAL
+        crashed = tmp_path / "crashed.sqlite"  # a copy as a crash would leave it
+        crashed.write_bytes(live.read_bytes())
+        Path(f"{crashed}-wal").write_bytes(Path(f"{live}-wal").read_bytes())
+    finally:
+        s.close()
+    with open(crashed, "r+b") as f:
+        f.write(b"\0" * 100)
+    result = repair(crashed)
+    assert result.salvaged == 500 and result.lost == 0
+    assert Path(f"{crashed}.corrupt-wal").exists() and not Path(f"{crashed}-wal").exists()
+    with LatencyStore(crashed) as t:
+        assert t.get("fp", "new199") == _entry(199) and t.get("fp", "old0") == _entry(0)
+
+
+def test_second_repair_keeps_first_backup(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    for _ in range(2):
+        path.write_bytes(b"garbage" * 100)
+        repair(path)
+    assert (tmp_path / "db.sqlite.corrupt").exists() and (tmp_path / "db.sqlite.corrupt.1").exists()

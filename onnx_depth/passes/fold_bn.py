@@ -1,0 +1,164 @@
+"""fold_bn: fold inference BatchNormalization into a neighbouring linear layer.
+
+BN(x) = s*x + t per channel (axis 1), s = gamma / sqrt(var + eps), t = beta - mean*s, with the
+node's own epsilon. The math lives in onnx_depth.kernels.bn_fold:
+* after Conv (any groups), ConvTranspose, Gemm (transA 0), MatMul with a constant 2-D weight
+  on 2-D activations: scale the output channels of the weight, b' = s*b + t;
+* before Conv: scale the input channels, b' = b + sum W*t — exact without padding, and with
+  padding exact after adding a constant border map (needs a static input shape);
+* before Gemm/MatMul on 2-D activations: W' = diag(s) W, b' = t W + b;
+* a BN with nothing to fold into becomes Mul + Add (exact).
+Refused (left untouched, with the reason): non-constant or shared weights, an intermediate
+tensor that is a graph output or has other consumers, BN in training mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node
+from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
+from ..kernels import (
+    ConvSpec,
+    fold_bn_after_conv,
+    fold_bn_after_conv_transpose,
+    fold_bn_before_conv,
+)
+from ..kernels.dense_compose import affine_from_bn
+from .base import PassContext, PassResult
+from .layer_io import BN, conv_node, dense_nodes, read_bn, read_conv, read_dense
+
+
+def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
+    res = PassResult("fold_bn")
+    for node in graph.topological_order():
+        if node.id not in graph.nx or not is_op(node, "BatchNormalization"):
+            continue
+        bn, why = read_bn(graph, node)
+        if bn is None:
+            res.refuse(why)
+            continue
+        reasons: list[str] = []
+        done = _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons)
+        if not done:
+            _to_mul_add(graph, node, bn)
+            res.details.append(f"{node.label} -> Mul+Add (" + "; ".join(reasons or ["no linear neighbour"]) + ")")
+        else:
+            res.details.append(f"folded {node.label}")
+        res.changed += 1
+    return res
+
+
+def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
+    x = bnode.inputs[0]
+    prod = graph.producer(x)
+    if not is_op(prod, "Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return False
+    why = intermediate_blocker(graph, x)
+    if why:
+        reasons.append(why)
+        return False
+    y = bnode.outputs[0]
+    try:
+        if prod.op_type == "Conv":
+            spec, why = read_conv(graph, prod)
+            if spec is None:
+                reasons.append(why)
+                return False
+            new = [conv_node(graph, fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps), prod.inputs[0], y, prod.name or "conv")]
+        elif prod.op_type == "ConvTranspose":
+            spec, why = _conv_transpose_weights(graph, prod)
+            if spec is None:
+                reasons.append(why)
+                return False
+            w, b = fold_bn_after_conv_transpose(spec[0], spec[1], prod.attr("group", 1), bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            ct = Node("ConvTranspose", [prod.inputs[0], graph.add_const(w, (prod.name or "convT") + ".weight"), graph.add_const(b, (prod.name or "convT") + ".bias")], [y], name=graph.fresh_name(prod.name or "convT"), attributes=dict(prod.attributes))
+            new = [ct]
+        else:
+            d, why = read_dense(graph, prod)
+            if d is None:
+                reasons.append(why)
+                return False
+            if d.y != x or len(graph.shape(x) or ()) != 2:
+                reasons.append(f"{bnode.label}: BN after {prod.label} on activations that are not 2-D [N, C]")
+                return False
+            s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            new = dense_nodes(graph, d.W * s, s * b0 + t, d.x, y, prod.name or "gemm")
+    except ValueError as e:
+        reasons.append(f"{bnode.label}: {e}")
+        return False
+    graph.replace_chain([prod, bnode], new)
+    return True
+
+
+def _conv_transpose_weights(graph: Graph, node: Node):
+    from ..ir.patterns import constant_blocker
+
+    for slot in (1, 2):
+        why = constant_blocker(graph, node, slot)
+        if why:
+            return None, why
+    w = graph.const(node.inputs[1])
+    b = graph.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    return (w, b), None
+
+
+def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
+    y = bnode.outputs[0]
+    cons = sole_consumer(graph, y)
+    if cons is None:
+        if graph.consumers(y):
+            why = intermediate_blocker(graph, y)
+            if why and is_op(graph.consumers(y)[0], "Conv", "Gemm", "MatMul"):
+                reasons.append(why)
+        return False
+    x = bnode.inputs[0]
+    try:
+        if is_op(cons, "Conv") and cons.inputs[0] == y:
+            spec, why = read_conv(graph, cons)
+            if spec is None:
+                reasons.append(why)
+                return False
+            shape = graph.static_shape(x)
+            r = fold_bn_before_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps, input_spatial_shape=None if shape is None else shape[2:])
+            if not r.exact and r.correction is None:
+                reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static input shape for its border correction")
+                return False
+            out = cons.outputs[0]
+            if r.correction is None:
+                new = [conv_node(graph, r.spec, x, out, cons.name or "conv")]
+            else:
+                mid = graph.fresh_name(out + ".uncorrected")
+                corr = graph.add_const(r.correction[None].astype(np.float32), (cons.name or "conv") + ".border")
+                new = [conv_node(graph, r.spec, x, mid, cons.name or "conv"), Node("Add", [mid, corr], [out], name=graph.fresh_name((cons.name or "conv") + ".border_add"))]
+                graph.set_shape(mid, graph.elem_type(out) or 1, graph.shape(out))
+            graph.replace_chain([bnode, cons], new)
+            return True
+        if is_op(cons, "Gemm", "MatMul") and cons.inputs[0] == y and len(graph.shape(x) or ()) == 2:
+            d, why = read_dense(graph, cons)
+            if d is None:
+                reasons.append(why)
+                return False
+            s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            new = dense_nodes(graph, s[:, None] * d.W, t @ d.W + b0, x, d.y, cons.name or "gemm")
+            graph.replace_chain([bnode, *d.nodes], new)
+            return True
+    except ValueError as e:
+        reasons.append(f"{bnode.label}: {e}")
+    return False
+
+
+def _to_mul_add(graph: Graph, bnode: Node, bn: BN) -> None:
+    s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+    rank = len(graph.shape(bnode.inputs[0]) or (0, 0, 0, 0))
+    shape = (-1,) + (1,) * max(rank - 2, 0)
+    base = bnode.name or "bn"
+    sn = graph.add_const(s.reshape(shape).astype(np.float32), base + ".scale")
+    tn = graph.add_const(t.reshape(shape).astype(np.float32), base + ".shift")
+    mid = graph.fresh_name(base + ".scaled")
+    y = bnode.outputs[0]
+    if graph.shape(y) is not None:
+        graph.set_shape(mid, graph.elem_type(y) or 1, graph.shape(y))
+    graph.replace_chain([bnode], [Node("Mul", [bnode.inputs[0], sn], [mid], name=graph.fresh_name(base + ".mul")), Node("Add", [mid, tn], [y], name=graph.fresh_name(base + ".add"))])
