@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="rewrite IN into a shallower OUT")
     o.add_argument("input", metavar="IN")
     o.add_argument("output", metavar="OUT")
+    o.add_argument("--lossless", action="store_true", help="only exact rewrites: canonicalize, fold BatchNorm, remove identity activations, merge linear layers (the default until a budget is given)")
     o.add_argument("--check", type=int, default=0, metavar="N", help="compare IN and OUT on N random inputs (exit 1 on mismatch)")
     o.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     o.set_defaults(func=_cmd_optimize)
@@ -82,17 +83,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    res = api.optimize(args.input, check=args.check)
+    res = api.optimize(args.input, lossless=True, check=args.check)
     save(res.model, args.output, protect=args.input)
     res.report.output = args.output
     if args.report:
         res.report.write_json(args.report)
     if not args.quiet:
+        _print_passes(res.report.passes)
         print(res.report.table())
         if res.report.check is not None:
             print(res.report.check.summary())
     print(f"wrote {args.output}")
     return 0
+
+
+def _print_passes(passes: list[dict], show: int = 5) -> None:
+    for p in passes:
+        line = f"{p['pass']:<18} {p['changed']} rewrite(s)"
+        if p["refused"]:
+            line += f", {len(p['refused'])} left untouched"
+        print(line)
+        for reason in p["refused"][:show]:
+            print(f"    untouched: {reason}")
+        if len(p["refused"]) > show:
+            print(f"    ... {len(p['refused']) - show} more (see --report)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -104,8 +118,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dst = out_dir / f"{args.model}.optimized.onnx"
     print(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
     save(build(args.model, bn="keep"), src)
-    print(f"onnx-depth optimize {src} {dst} --check 2")
-    ns = argparse.Namespace(input=str(src), output=str(dst), check=2, report=None, quiet=args.quiet)
+    print(f"onnx-depth optimize {src} {dst} --lossless --check 2")
+    ns = argparse.Namespace(input=str(src), output=str(dst), lossless=True, check=2, report=None, quiet=args.quiet)
     return _cmd_optimize(ns)
 
 

@@ -47,3 +47,16 @@ def test_ppocr_models(kind):
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.onnx")))
 def test_real_fixtures(name):
     assert_exact_round_trip(FIXTURES / name)
+
+
+from onnx_depth.zoo import NAMES, build  # noqa: E402
+
+
+@pytest.mark.parametrize("bn", ["keep", "fold"])
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("vgg")])
+def test_zoo_models(name, bn):
+    assert_exact_round_trip(build(name, bn=bn, image_size=64), n_random=1)
+
+
+def test_zoo_vgg_small():
+    assert_exact_round_trip(build("vgg11_bn", bn="keep", image_size=32), n_random=1)
