@@ -66,10 +66,17 @@ def to_proto(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
     return m
 
 
-def save(model: onnx.ModelProto, path: "str | os.PathLike[str]", *, protect: "str | os.PathLike[str] | None" = None) -> Path:
+def save(
+    model: onnx.ModelProto,
+    path: "str | os.PathLike[str]",
+    *,
+    protect: "str | os.PathLike[str] | None" = None,
+    external_threshold: int = _PROTO_LIMIT,
+) -> Path:
     """Write `model` to `path` atomically. Refuses to overwrite `protect` (the input file).
 
-    Models of 2 GB or more are written with external data (`<name>.data` beside the file).
+    Models of `external_threshold` bytes or more (default: protobuf's 2 GB limit) are written
+    with external data (`<name>.data` beside the file).
     """
     out = Path(path)
     if protect is not None and out.exists() and Path(protect).exists() and out.resolve() == Path(protect).resolve():
@@ -77,16 +84,17 @@ def save(model: onnx.ModelProto, path: "str | os.PathLike[str]", *, protect: "st
     directory = out.parent if str(out.parent) else Path(".")
     if not directory.is_dir():
         raise InputError(f"{directory}: output directory does not exist")
-    large = model.ByteSize() >= _PROTO_LIMIT
+    large = model.ByteSize() >= external_threshold
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         if large:
             data_name = out.name + ".data"
             tmp_data = directory / f".{data_name}.tmp"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=tmp_data.name)
-            # the model refers to the data file by name: rewrite the reference to the final name
-            m = onnx.load(tmp, load_external_data=False)
+            m = onnx.ModelProto()
+            m.CopyFrom(model)  # onnx.save_model would turn the caller's tensors into references
+            onnx.save_model(m, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=0)
+            # the model refers to the data file by name: point it at the final name
             for t in m.graph.initializer:
                 for e in t.external_data:
                     if e.key == "location":

@@ -136,3 +136,16 @@ def test_constant_folding_removes_constant_subgraphs():
     g = ir.load(m)
     assert [n.op_type for n in g.nodes] == ["Conv", "Relu"]
     assert compare.compare_models(m, ir.to_proto(g), n_random=2).allclose
+
+
+def test_large_models_are_saved_with_external_data(tmp_path):
+    m = conv_relu_model()
+    out = tmp_path / "big.onnx"
+    ir.save(m, out, external_threshold=100)  # pretend 100 bytes is "over 2 GB"
+    assert (tmp_path / "big.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    back = onnx.load(out, load_external_data=False)
+    assert any(onnx.external_data_helper.uses_external_data(t) for t in back.graph.initializer)
+    assert compare.compare_models(conv_relu_model(), str(out), n_random=1).allclose
+    g = ir.load(out)
+    assert compare.compare_models(conv_relu_model(), ir.to_proto(g), n_random=1).allclose
