@@ -106,6 +106,21 @@ def extract(
     the automatic choice (any tensor produced by the set). check: run onnx.checker (full).
     The graph is not modified.
     """
+    sub = extract_graph(graph, nodes, random_weights=random_weights, seed=seed, outputs=outputs, name=name)
+    return to_proto(sub, check=check)
+
+
+def extract_graph(
+    graph: Graph,
+    nodes: Iterable[Node | int],
+    *,
+    random_weights: bool = False,
+    seed: int = 0,
+    outputs: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Graph:
+    """Like `extract`, but the standalone model as an IR Graph (to rewrite before emitting).
+    Its nodes are copies; initializers share the graph's arrays until replaced."""
     chosen: list[Node] = []
     seen_ids: set[int] = set()
     for n in nodes:
@@ -151,8 +166,8 @@ def extract(
         c.metadata_props = list(n.metadata_props)
         c.implicit_inputs = list(n.implicit_inputs)
         sub.add_node(c)
-    return to_proto(sub, check=check)
+    return sub
 
 
-__all__ = ["boundary", "extract"]
+__all__ = ["boundary", "extract", "extract_graph"]
 

@@ -5,7 +5,7 @@
 - `fingerprint`: what a measurement depends on besides the segment (`Fingerprint`, `current`)
 - `signature`: name- and weight-free canonical hash of a standalone model (`signature`, `describe`)
 - `timer`: onnxruntime timing done right (`time_model`, `interleaved_ab`, `Timing`)
-- `profile`: look up, or measure and store (`measure`)
+- `profile`: look up, or measure and store (`measure`; `measure_group` times several interleaved)
 - `commands`: the `onnx-depth db ...` subcommand (`register`, `run`)
 """
 
@@ -22,7 +22,7 @@ from .store import Entry, LatencyDBCorrupt, LatencyDBError, LatencyStore, defaul
 
 _EXPORTS = {
     "Fingerprint": "fingerprint", "current": "fingerprint",
-    "measure": "profile",
+    "measure": "profile", "measure_group": "profile",
     "Comparison": "timer", "Timing": "timer", "interleaved_ab": "timer", "time_model": "timer",
 }
 
@@ -37,5 +37,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Comparison", "Entry", "Fingerprint", "LatencyDBCorrupt", "LatencyDBError", "LatencyStore",
     "RepairResult", "Timing", "current", "default_path", "describe", "interleaved_ab", "measure",
-    "repair", "signature", "time_model",
+    "measure_group", "repair", "signature", "time_model",
 ]

@@ -8,6 +8,14 @@
 
 Each takes `--latency-db PATH` (default: `store.default_path()`). Errors are one line on stderr
 with exit code 2.
+
+    profile MODEL [--threads N] [--provider NAME] [--latency-db PATH] [--max-layers K]
+                  [--max-kernel K] [--no-dense] [--refresh]
+
+loads MODEL, runs the lossless passes, enumerates every candidate segment option
+(onnx_depth.planning.segments) and times each distinct one that the database does not hold yet
+(plus the whole model), then prints "N measured, M cached". Latencies are stored per device
+fingerprint, which includes the thread count (default 1) and the provider.
 """
 
 from __future__ import annotations
@@ -49,7 +57,80 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> argparse.Argument
     p = leaf("repair", "salvage a damaged database into a fresh file (keeps a .corrupt backup)")
     p.add_argument("--force", action="store_true", help="rebuild even if the file looks healthy")
     db.set_defaults(func=run)
+    _register_profile(subparsers)
     return db
+
+
+def _register_profile(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
+    from ..planning.segments import DEFAULT_MAX_KERNEL, DEFAULT_MAX_LAYERS
+
+    desc = ("Measure the latency of every candidate segment option of MODEL (after the lossless "
+            "passes) and of the whole model, storing what the latency database does not hold yet.")
+    p = subparsers.add_parser("profile", help="fill the latency database for MODEL's candidate segments",
+                              description=desc)
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="onnxruntime intra-op threads (default 1; latencies are stored per thread count)")
+    p.add_argument("--provider", default="CPUExecutionProvider", metavar="NAME",
+                   help="onnxruntime execution provider (default CPUExecutionProvider)")
+    p.add_argument("--latency-db", metavar="PATH", dest="latency_db", default=None,
+                   help=f"database file (default: $ONNX_DEPTH_LATENCY_DB or {default_path()})")
+    p.add_argument("--max-layers", type=int, default=DEFAULT_MAX_LAYERS, metavar="K",
+                   help=f"longest segment, in linear layers (default {DEFAULT_MAX_LAYERS})")
+    p.add_argument("--max-kernel", type=int, default=DEFAULT_MAX_KERNEL, metavar="K",
+                   help=f"largest merged kernel extent (default {DEFAULT_MAX_KERNEL})")
+    p.add_argument("--no-dense", dest="dense", action="store_false",
+                   help="only conv chains (skip Gemm/MatMul chains)")
+    p.add_argument("--refresh", action="store_true", help="re-measure entries already in the database")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bar, only the final count")
+    p.set_defaults(func=run_profile)
+    return p
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Execute `profile`; returns the exit code. Bad models raise InputError (the CLI prints it)."""
+    import onnxruntime as ort
+
+    from ..planning.profiler import prepare, profile_candidates, progress_wanted
+    from .fingerprint import current
+
+    path = Path(args.latency_db) if getattr(args, "latency_db", None) else default_path()
+    quiet = bool(getattr(args, "quiet", False))
+    if args.threads < 1:
+        return _err_profile(f"--threads must be >= 1, got {args.threads}")
+    if args.max_layers < 1 or args.max_kernel < 1:
+        return _err_profile("--max-layers and --max-kernel must be >= 1")
+    available = ort.get_available_providers()
+    if args.provider not in available:
+        return _err_profile(f"provider {args.provider!r} is not available; one of {', '.join(available)}")
+    try:
+        fp = current(provider=args.provider, threads=args.threads)
+        cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense)
+        if not quiet:
+            print(f"{args.model}: {len(cands.options)} candidate options in {len(cands.chains)} chains, "
+                  f"{len(cands.unique())} distinct segment models (+ the whole model)")
+            print(f"fingerprint {fp.key()}: {fp.describe()}")
+        with LatencyStore(path) as store:
+            res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet))
+    except LatencyDBError as e:
+        return _err_profile(str(e))
+    if not quiet:
+        floors = sorted(e.floor_ms for e in res.entries.values() if e.floor_ms is not None)
+        if floors:
+            print(f"call overhead (floor) median {floors[len(floors) // 2] * 1000:.1f} us per run, "
+                  "subtracted from segment latencies in planning")
+        whole = res.whole
+        if whole is not None:
+            print(f"whole model: {whole.median_ms:.3f} ms median")
+        print(f"database: {path} ({res.seconds:.1f} s)")
+    print(res.summary())
+    return 0
+
+
+def _err_profile(msg: str) -> int:
+    print(f"onnx-depth profile: error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _err(msg: str) -> int:

@@ -29,3 +29,32 @@ def measure(store: LatencyStore, model: onnx.ModelProto, fingerprint: Fingerprin
     entry = Entry.from_timing(timing, describe(model))
     store.put(fingerprint, sig, entry)
     return entry
+
+
+def measure_group(store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint,
+                  *, store_only: "set[str] | None" = None, round_ms: "dict[str, list[float]] | None" = None,
+                  **timer_kw: Any) -> dict[str, Entry]:
+    """Time several models together (timer.interleaved_ab: rotating rounds in one process, each
+    with its own call-overhead floor) and store each under its signature (only those in
+    `store_only`, if given). `models` maps signature -> model; returns signature -> entry for
+    every model. Measuring neighbours in one group keeps their differences (e.g. what a segment
+    boundary costs) free of the machine's drift between separate measurements; `round_ms`, if
+    given, receives each model's per-round block medians (ms) to take differences round by
+    round."""
+    from .timer import interleaved_ab
+
+    for k in ("threads", "provider", "provider_options", "optimization"):
+        if k in timer_kw:
+            raise TypeError(f"{k} comes from the fingerprint; do not pass it to measure_group()")
+    if not models:
+        return {}
+    names = {f"m{i}": sig for i, sig in enumerate(models)}
+    cmp = interleaved_ab({n: models[s] for n, s in names.items()}, **fingerprint.session_kwargs(), **timer_kw)
+    out: dict[str, Entry] = {}
+    for n, sig in names.items():
+        out[sig] = Entry.from_timing(cmp.timings[n], describe(models[sig]))
+        if store_only is None or sig in store_only:
+            store.put(fingerprint, sig, out[sig])
+        if round_ms is not None:
+            round_ms[sig] = list(cmp.round_ms[n])
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -53,13 +53,15 @@ class Timing:
 class Comparison:
     """Result of `interleaved_ab`: per-model timings and ratios vs the baseline (the first
     model). `ratios[k]` is the median over rounds of median_k / median_baseline in that round;
-    `ratio_spread[k]` is the (p10, p90) of those per-round ratios."""
+    `ratio_spread[k]` is the (p10, p90) of those per-round ratios. `round_ms[k]` is model k's
+    block median in each round (ms), for differences that must be taken round by round."""
 
     baseline: str
     timings: dict[str, Timing]
     ratios: dict[str, float]
     ratio_spread: dict[str, tuple[float, float]]
     rounds: int
+    round_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def table(self) -> str:
         w = max(len(k) for k in self.timings)
@@ -248,4 +250,5 @@ def interleaved_ab(
         r = np.asarray(medians[i]) / base
         ratios[k] = float(np.median(r))
         spread[k] = (float(np.percentile(r, 10)), float(np.percentile(r, 90)))
-    return Comparison(names[0], timings, ratios, spread, rounds)
+    round_ms = {k: [m / 1e6 for m in medians[i]] for i, k in enumerate(names)}
+    return Comparison(names[0], timings, ratios, spread, rounds, round_ms)

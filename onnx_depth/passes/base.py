@@ -18,6 +18,9 @@ class PassContext:
     lossless: bool = True
     # merge only when the merged operator has no more MACs than the chain it replaces
     require_fewer_macs: bool = True
+    # fold_bn: rewrite a BatchNormalization with no linear neighbour as Mul + Add (off: keep it,
+    # one node instead of two; on: for later passes that understand Mul/Add)
+    bn_to_mul_add: bool = False
 
 
 @dataclass

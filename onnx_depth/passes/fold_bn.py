@@ -7,9 +7,13 @@ node's own epsilon. The math lives in onnx_depth.kernels.bn_fold:
 * before Conv: scale the input channels, b' = b + sum W*t — exact without padding, and with
   padding exact after adding a constant border map (needs a static input shape);
 * before Gemm/MatMul on 2-D activations: W' = diag(s) W, b' = t W + b;
-* a BN with nothing to fold into becomes Mul + Add (exact).
+* a BN with nothing to fold into is kept (one BatchNormalization node is one pass over the
+  tensor, Mul + Add would be two nodes and two passes) and recorded in ``refused``; with
+  ``PassContext.bn_to_mul_add`` it becomes x * s + t with s, t of shape [C, 1, ..., 1]
+  (rank - 2 ones; needs the input rank). Exact.
 Refused (left untouched, with the reason): non-constant or shared weights, an intermediate
-tensor that is a graph output or has other consumers, BN in training mode.
+tensor that is a graph output or has other consumers, BN in training mode, non-float32 tensors,
+BN before a padded conv on an input without a static spatial shape.
 """
 
 from __future__ import annotations
@@ -19,17 +23,17 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
 from ..kernels import (
-    ConvSpec,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
     fold_bn_before_conv,
 )
 from ..kernels.dense_compose import affine_from_bn
 from .base import PassContext, PassResult
-from .layer_io import BN, conv_node, dense_nodes, read_bn, read_conv, read_dense
+from .layer_io import BN, conv_node, dense_nodes, rank_of, read_bn, read_conv, read_dense, spatial_shape
 
 
 def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
+    ctx = ctx or PassContext()
     res = PassResult("fold_bn")
     for node in graph.topological_order():
         if node.id not in graph.nx or not is_op(node, "BatchNormalization"):
@@ -39,12 +43,20 @@ def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
             res.refuse(why)
             continue
         reasons: list[str] = []
-        done = _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons)
-        if not done:
-            _to_mul_add(graph, node, bn)
-            res.details.append(f"{node.label} -> Mul+Add (" + "; ".join(reasons or ["no linear neighbour"]) + ")")
-        else:
+        if _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons):
             res.details.append(f"folded {node.label}")
+            res.changed += 1
+            continue
+        why = "; ".join(reasons or ["no linear neighbour to fold into"])
+        if not ctx.bn_to_mul_add:
+            res.refuse(f"{node.label}: kept as BatchNormalization ({why})")
+            continue
+        rank = rank_of(graph, node.inputs[0])
+        if rank is None or rank < 2:
+            res.refuse(f"{node.label}: not folded ({why}) and its input rank is unknown, so no Mul+Add")
+            continue
+        _to_mul_add(graph, node, bn, rank)
+        res.details.append(f"{node.label} -> Mul+Add ({why})")
         res.changed += 1
     return res
 
@@ -99,6 +111,8 @@ def _conv_transpose_weights(graph: Graph, node: Node):
         why = constant_blocker(graph, node, slot)
         if why:
             return None, why
+        if slot < len(node.inputs) and node.inputs[slot] and graph.const(node.inputs[slot]).dtype != np.float32:
+            return None, f"{node.label}: only float32 layers are rewritten"
     w = graph.const(node.inputs[1])
     b = graph.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     return (w, b), None
@@ -120,10 +134,10 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             if spec is None:
                 reasons.append(why)
                 return False
-            shape = graph.static_shape(x)
-            r = fold_bn_before_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps, input_spatial_shape=None if shape is None else shape[2:])
+            sp = spatial_shape(graph, x)
+            r = fold_bn_before_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps, input_spatial_shape=sp)
             if not r.exact and r.correction is None:
-                reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static input shape for its border correction")
+                reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static spatial input shape for its border correction")
                 return False
             out = cons.outputs[0]
             if r.correction is None:
@@ -150,10 +164,11 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
     return False
 
 
-def _to_mul_add(graph: Graph, bnode: Node, bn: BN) -> None:
+def _to_mul_add(graph: Graph, bnode: Node, bn: BN, rank: int) -> None:
+    """BN(x) = x * s + t with s, t shaped [C, 1, ..., 1] (rank - 2 ones): they broadcast against
+    [N, C, *spatial] on axis 1 (rank 2: [C] aligns with the last axis, which is C)."""
     s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
-    rank = len(graph.shape(bnode.inputs[0]) or (0, 0, 0, 0))
-    shape = (-1,) + (1,) * max(rank - 2, 0)
+    shape = (-1,) + (1,) * (rank - 2)
     base = bnode.name or "bn"
     sn = graph.add_const(s.reshape(shape).astype(np.float32), base + ".scale")
     tn = graph.add_const(t.reshape(shape).astype(np.float32), base + ".shift")

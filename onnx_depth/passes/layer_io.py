@@ -14,6 +14,39 @@ from ..ir import Graph, Node
 from ..ir.patterns import const_or_none, constant_blocker, is_op
 from ..kernels import ConvSpec, pads_from_auto_pad
 
+FLOAT = 1  # onnx.TensorProto.FLOAT: the kernels compute in float64 and write float32 only
+
+
+def known_shape(graph: Graph, tensor: str) -> tuple[int, ...] | None:
+    """The static shape of `tensor`, None if unknown or any dim is symbolic or negative
+    (some exporters write -1 as a dim_value for a dynamic dim)."""
+    s = graph.shape(tensor)
+    if s is None or not all(isinstance(d, int) and d >= 0 for d in s):
+        return None
+    return tuple(s)
+
+
+def rank_of(graph: Graph, tensor: str) -> int | None:
+    s = graph.shape(tensor)
+    return None if s is None else len(s)
+
+
+def spatial_shape(graph: Graph, tensor: str) -> tuple[int, ...] | None:
+    """Static spatial dims (axes 2..) of an N C ... tensor; the batch (and channel) dims may be
+    symbolic, since no merge decision depends on them. None if any spatial dim is unknown."""
+    s = graph.shape(tensor)
+    if s is None or len(s) < 3 or not all(isinstance(d, int) and d > 0 for d in s[2:]):
+        return None
+    return tuple(int(d) for d in s[2:])
+
+
+def _float32_blocker(graph: Graph, node: Node, slots) -> str | None:
+    for slot in slots:
+        if slot < len(node.inputs) and node.inputs[slot] and graph.is_constant(node.inputs[slot]):
+            if graph.const(node.inputs[slot]).dtype != np.float32:
+                return f"{node.label}: input {node.inputs[slot]!r} is {graph.const(node.inputs[slot]).dtype}, only float32 layers are rewritten"
+    return None
+
 
 @dataclass
 class BN:
@@ -32,13 +65,21 @@ def read_bn(graph: Graph, node: Node) -> tuple[BN | None, str | None]:
         return None, f"{node.label}: BatchNormalization running-stat outputs are used"
     if node.attr("spatial", 1) != 1:
         return None, f"{node.label}: BatchNormalization with spatial=0"
+    why = _float32_blocker(graph, node, range(1, 5))
+    if why:
+        return None, why
+    if graph.elem_type(node.inputs[0]) not in (None, FLOAT):
+        return None, f"{node.label}: input is not float32"
     arrays = []
     for slot in range(1, 5):
         a = const_or_none(graph, node, slot)
         if a is None:
             return None, f"{node.label}: BatchNormalization parameters are not constants"
         arrays.append(np.asarray(a, np.float64).reshape(-1))
-    return BN(*arrays, eps=float(node.attr("epsilon", 1e-5))), None
+    eps = float(node.attr("epsilon", 1e-5))
+    if len({a.shape for a in arrays}) != 1 or np.any(arrays[3] + eps <= 0):
+        return None, f"{node.label}: BatchNormalization parameters have different sizes or var + eps <= 0"
+    return BN(*arrays, eps=eps), None
 
 
 def read_conv(graph: Graph, node: Node, *, exclusive: bool = True) -> tuple[ConvSpec | None, str | None]:
@@ -49,20 +90,27 @@ def read_conv(graph: Graph, node: Node, *, exclusive: bool = True) -> tuple[Conv
         why = constant_blocker(graph, node, slot, exclusive=exclusive)
         if why:
             return None, why
+    why = _float32_blocker(graph, node, (1, 2))
+    if why:
+        return None, why
     w = graph.const(node.inputs[1])
     b = const_or_none(graph, node, 2)
     r = w.ndim - 2
+    if r < 1:
+        return None, f"{node.label}: weight of shape {w.shape} is not [O, C/g, *kernel]"
     strides = node.attr("strides", [1] * r)
     dilations = node.attr("dilations", [1] * r)
     auto_pad = node.attr("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", "VALID"):
-        pads = node.attr("pads", [0] * (2 * r)) if auto_pad == "NOTSET" else [0] * (2 * r)
+    if auto_pad in ("NOTSET", "VALID", ""):
+        pads = node.attr("pads", [0] * (2 * r)) if auto_pad != "VALID" else [0] * (2 * r)
     else:
-        x = graph.static_shape(node.inputs[0])
-        if x is None:
-            return None, f"{node.label}: auto_pad {auto_pad} needs a static input shape"
-        pads = pads_from_auto_pad(auto_pad, x[2:], w.shape[2:], strides, dilations)
+        extent = [int(d) * (int(k) - 1) + 1 for k, d in zip(w.shape[2:], dilations)]
+        try:
+            # stride 1: SAME pads do not depend on the input size
+            pads = pads_from_auto_pad(auto_pad, extent, strides, spatial_shape(graph, node.inputs[0]))
+        except ValueError as e:
+            return None, f"{node.label}: auto_pad {auto_pad}: {e}"
     try:
         spec = ConvSpec(w, b, tuple(strides), tuple(dilations), tuple(pads), int(node.attr("group", 1)))
     except ValueError as e:
@@ -103,20 +151,26 @@ def read_dense(graph: Graph, node: Node, *, exclusive: bool = True) -> tuple[Den
     if is_op(node, "Gemm"):
         if node.attr("transA", 0):
             return None, f"{node.label}: Gemm with transA"
+        why = _float32_blocker(graph, node, (1, 2))
+        if why:
+            return None, why
         for slot in (1, 2):
             why = constant_blocker(graph, node, slot, exclusive=exclusive)
             if why:
                 return None, why
-        W, b = gemm_to_affine64(
-            graph.const(node.inputs[1]),
-            const_or_none(graph, node, 2),
-            alpha=node.attr("alpha", 1.0),
-            beta=node.attr("beta", 1.0),
-            transB=node.attr("transB", 0),
-        )
+        try:
+            W, b = gemm_to_affine64(
+                graph.const(node.inputs[1]),
+                const_or_none(graph, node, 2),
+                alpha=node.attr("alpha", 1.0),
+                beta=node.attr("beta", 1.0),
+                transB=node.attr("transB", 0),
+            )
+        except ValueError as e:  # e.g. a C that depends on the row
+            return None, f"{node.label}: {e}"
         return Dense(W, b, node.inputs[0], node.outputs[0], [node]), None
     if is_op(node, "MatMul"):
-        why = constant_blocker(graph, node, 1, exclusive=exclusive)
+        why = constant_blocker(graph, node, 1, exclusive=exclusive) or _float32_blocker(graph, node, (1,))
         if why:
             return None, why
         W = np.asarray(graph.const(node.inputs[1]), np.float64)
@@ -135,7 +189,8 @@ def _absorb_bias_add(graph: Graph, d: Dense) -> None:
     if not is_op(add, "Add"):
         return
     other = add.inputs[1] if add.inputs[0] == d.y else add.inputs[0]
-    if not graph.is_constant(other) or graph.uses(other) > 1:
+    # the bias is only read (the rewrite writes a new one), so a shared bias constant is fine
+    if not graph.is_constant(other) or graph.const(other).dtype != np.float32:
         return
     b = np.asarray(graph.const(other), np.float64)
     n = d.W.shape[1]
