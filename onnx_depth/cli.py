@@ -36,12 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="print op histogram, depth, params, MACs, activations, I/O")
     a.add_argument("model", help="ONNX model file")
     a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.add_argument("--calibration", metavar="DATA", help="calibration data (.npz keyed by input name, .npy, or a folder of .npy): adds the per-activation linearity report")
+    a.add_argument("--activations", action="store_true", help="per-activation report with data-free criteria only (no calibration data)")
+    a.add_argument("--estimate-fidelity", action="store_true", help="with --calibration: estimate the fidelity cost of linearizing each activation (naive and with refit; slow)")
     a.set_defaults(func=_cmd_analyze)
 
     o = sub.add_parser("optimize", help="rewrite IN into a shallower OUT")
     o.add_argument("input", metavar="IN")
     o.add_argument("output", metavar="OUT")
     o.add_argument("--lossless", action="store_true", help="only exact rewrites: canonicalize, fold BatchNorm, remove identity activations, merge linear layers (the default until a budget is given)")
+    o.add_argument("--calibration", metavar="DATA", help="calibration data: report fidelity on it; without --lossless also prune dead channels and remove activations that were linear on every sample (lossy)")
     o.add_argument("--check", type=int, default=0, metavar="N", help="compare IN and OUT on N random inputs (exit 1 on mismatch)")
     o.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     o.set_defaults(func=_cmd_optimize)
@@ -78,12 +82,31 @@ def _print_stats(stats, as_json: bool) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    _print_stats(api.analyze(args.model), args.json)
+    stats = api.analyze(args.model)
+    rows = None
+    if args.calibration or args.activations:
+        if not args.calibration:
+            log.warning("no calibration data: data-free criteria only (BatchNorm statistics, PReLU slopes)")
+        rows = api.analyze_activations(args.model, args.calibration, estimate_fidelity=args.estimate_fidelity)
+    if args.json:
+        d = stats.to_dict()
+        if rows is not None:
+            d["activation_report"] = rows
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    _print_stats(stats, False)
+    if rows is not None:
+        from .analysis.report import render_table
+
+        print()
+        print(render_table(rows))
     return 0
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    res = api.optimize(args.input, lossless=True, check=args.check)
+    calibration = getattr(args, "calibration", None)
+    lossless = bool(args.lossless) or calibration is None
+    res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check)
     save(res.model, args.output, protect=args.input)
     res.report.output = args.output
     if args.report:
@@ -93,6 +116,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         print(res.report.table())
         if res.report.check is not None:
             print(res.report.check.summary())
+        for note in res.report.notes:
+            print(f"note: {note}")
     print(f"wrote {args.output}")
     return 0
 

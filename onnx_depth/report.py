@@ -27,6 +27,7 @@ class Report:
     after: ModelStats
     passes: list[dict[str, Any]] = field(default_factory=list)
     check: Comparison | None = None
+    fidelity: Any = None  # analysis.fidelity.Fidelity on calibration data
     latency_ratio_measured: float | None = None
     latency_ratio_predicted: float | None = None
     budget: float | None = None
@@ -49,7 +50,11 @@ class Report:
         if self.latency_ratio_measured is not None:
             rows.append(("latency ratio", "1", f"{self.latency_ratio_measured:.3f}", "measured"))
         if self.check is not None:
-            rows.append(("fidelity", "", "match" if self.check.allclose else "MISMATCH", f"max err {self.check.max_abs:.2g}"))
+            rows.append(("random check", "", "match" if self.check.allclose else "MISMATCH", f"max err {self.check.max_abs:.2g}"))
+        if self.fidelity is not None:
+            f = self.fidelity
+            agree = "n/a" if f.top1_agreement is None else f"{f.top1_agreement:.2%}"
+            rows.append((f"fidelity ({f.samples} calib.)", "", f"top-1 agree {agree}", f"NMSE {f.nmse:.2g}"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -71,7 +76,10 @@ class Report:
             d[f"{k}_before"] = getattr(self.before, k)
             d[f"{k}_after"] = getattr(self.after, k)
         if self.check is not None:
+            d["check"] = self.check.to_dict()
             d["fidelity"] = self.check.to_dict()
+        if self.fidelity is not None:
+            d["fidelity"] = _jsonable(self.fidelity)
         return d
 
     def write_json(self, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,467 @@
+"""Calibration data: real inputs for measuring a model, streamed in memory-bounded batches.
+
+Accepted sources (``load_calibration(PATH, model)``):
+
+* ``.npz``: keys are the model's input names; a single-input model also accepts an archive with
+  exactly one array under any key (``np.savez(path, x)`` writes ``arr_0``). Members are read
+  *incrementally* from the zip stream (compressed or not), so an archive never has to fit in
+  memory.
+* ``.npy``: one array for a single-input model, memory-mapped.
+* a folder of ``.npy`` files (single-input model; files sorted by name, each one sample or a
+  batch of samples, concatenated along axis 0), or of ``.npz`` files (any model; each holds the
+  input names, concatenated in name order).
+* in memory (``from_arrays``): an array (single-input model) or a ``{name: array}`` mapping.
+
+Every array is ``[N, *sample]`` with the model's input rank; a single sample without the batch
+axis (rank one less) counts as N = 1. Static non-batch dims must match the model; float arrays
+are cast to the input's float dtype (likewise ints to ints); a float/int/bool kind mismatch, a
+missing or unknown input name, different sample counts or a wrong shape is an
+``onnx_depth.errors.InputError`` with a one-line message.
+
+Batching: a model whose batch dim is a fixed number B gets feeds of exactly B samples (B = 1 is
+the common case: one sample per run; N must be a multiple of B); a dynamic batch dim gets feeds
+of up to ``batch_size`` samples. Reading is lazy: one batch of inputs is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import onnx
+
+from .. import runtime
+from ..errors import InputError
+from ..runtime import TensorSpec
+
+__all__ = ["Calibration", "load_calibration", "from_arrays", "as_calibration", "model_input_specs"]
+
+
+# ------------------------------------------------------------------------------- array sources
+class _Source:
+    """A read-only [N, *sample] array readable in row ranges."""
+
+    n: int
+    shape: tuple[int, ...]  # full shape, N first
+    dtype: np.dtype
+    label: str
+
+    def read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _ArraySource(_Source):
+    def __init__(self, array: np.ndarray, label: str) -> None:
+        self.array = array
+        self.n = int(array.shape[0])
+        self.shape = tuple(int(d) for d in array.shape)
+        self.dtype = array.dtype
+        self.label = label
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[start:stop])
+
+
+class _NpzMemberSource(_Source):
+    """One member of an .npz read row range by row range from the (possibly deflated) zip stream.
+
+    Reads must go forward; a backward read reopens the member (only a new pass over the data
+    does that)."""
+
+    def __init__(self, path: Path, member: str, label: str) -> None:
+        self.path, self.member, self.label = path, member, label
+        with zipfile.ZipFile(path) as zf, zf.open(member) as f:
+            shape, fortran, dtype = self._header(f)
+        if fortran and len(shape) > 1:
+            raise InputError(f"{path}: array {label!r} is stored in Fortran order; save it C-contiguous")
+        if dtype.hasobject:
+            raise InputError(f"{path}: array {label!r} holds Python objects, not numbers")
+        if not shape:
+            raise InputError(f"{path}: array {label!r} is a scalar, not a batch of samples")
+        self.shape, self.dtype = tuple(int(d) for d in shape), dtype
+        self.n = self.shape[0]
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._zf: zipfile.ZipFile | None = None
+        self._f = None
+        self._pos = 0
+
+    @staticmethod
+    def _header(f):
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        return np.lib.format.read_array_header_2_0(f)
+
+    def _open(self) -> None:
+        self.close()
+        self._zf = zipfile.ZipFile(self.path)
+        self._f = self._zf.open(self.member)
+        self._header(self._f)
+        self._pos = 0
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        if self._zf is not None:
+            self._zf.close()
+        self._f = self._zf = None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._f is None or start < self._pos:
+            self._open()
+        if start > self._pos:
+            self._skip((start - self._pos) * self.row_bytes)
+            self._pos = start
+        nbytes = (stop - start) * self.row_bytes
+        data = self._f.read(nbytes)
+        if len(data) != nbytes:
+            raise InputError(f"{self.path}: array {self.label!r} is truncated")
+        self._pos = stop
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def _skip(self, nbytes: int) -> None:
+        while nbytes > 0:
+            chunk = self._f.read(min(nbytes, 1 << 24))
+            if not chunk:
+                raise InputError(f"{self.path}: array {self.label!r} is truncated")
+            nbytes -= len(chunk)
+
+
+class _ConcatSource(_Source):
+    """Several sources concatenated along axis 0 (a folder of files)."""
+
+    def __init__(self, parts: list[_Source], label: str) -> None:
+        self.parts, self.label = parts, label
+        first = parts[0]
+        for p in parts[1:]:
+            if p.shape[1:] != first.shape[1:]:
+                raise InputError(f"{p.label}: sample shape {p.shape[1:]} differs from {first.label}'s {first.shape[1:]}")
+            if p.dtype != first.dtype:
+                raise InputError(f"{p.label}: dtype {p.dtype} differs from {first.label}'s {first.dtype}")
+        self.offsets = np.cumsum([0] + [p.n for p in parts])
+        self.n = int(self.offsets[-1])
+        self.shape = (self.n, *first.shape[1:])
+        self.dtype = first.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = []
+        for i, p in enumerate(self.parts):
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                out.append(p.read(a - lo, b - lo))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class _Unbatched(_Source):
+    """A single sample stored without its batch axis: N = 1."""
+
+    def __init__(self, inner: _Source) -> None:
+        self.inner, self.label = inner, inner.label
+        self.n = 1
+        self.shape = (1, *inner.shape)
+        self.dtype = inner.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.inner.read(0, self.inner.n)[None][start:stop]
+
+
+class _WholeSource(_Source):
+    """A source whose stored shape is one sample (rank = model rank - 1)."""
+
+    def __init__(self, array: np.ndarray, label: str) -> None:
+        self.array, self.label = array, label
+        self.n = 1
+        self.shape = (1, *array.shape)
+        self.dtype = array.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array)[None][start:stop]
+
+
+# ------------------------------------------------------------------------------- the data set
+def model_input_specs(model) -> list[TensorSpec]:
+    """Input specs (name, shape with symbols, dtype) of a ModelProto, path, Graph or session."""
+    from ..ir import Graph
+
+    if isinstance(model, (list, tuple)) and all(isinstance(s, TensorSpec) for s in model):
+        return list(model)
+    if isinstance(model, Graph):
+        specs = []
+        for v in model.inputs:
+            specs.append(_spec_from_value_info(v))
+        return specs
+    if hasattr(model, "get_inputs"):
+        return runtime.input_specs(model)
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model), load_external_data=False)
+    if isinstance(model, onnx.ModelProto):
+        inits = {t.name for t in model.graph.initializer}
+        return [_spec_from_value_info(v) for v in model.graph.input if v.name not in inits]
+    raise TypeError(f"cannot read input specs from {type(model).__name__}")
+
+
+def _spec_from_value_info(v: onnx.ValueInfoProto) -> TensorSpec:
+    tt = v.type.tensor_type
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
+    return TensorSpec(v.name, tuple(dims), dtype)
+
+
+def _static(d) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+@dataclass
+class Calibration:
+    """Samples for every model input, read lazily. Iterate ``batches()`` for feeds."""
+
+    specs: list[TensorSpec]
+    sources: dict[str, _Source]
+    start: int = 0
+    stop: int | None = None
+    origin: str = "<arrays>"
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ---- facts
+    @property
+    def total(self) -> int:
+        return next(iter(self.sources.values())).n
+
+    def __len__(self) -> int:
+        stop = self.total if self.stop is None else min(self.stop, self.total)
+        return max(0, stop - self.start)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The model's fixed batch size (all inputs agree), or None when the batch dim is dynamic."""
+        fixed = {s.shape[0] for s in self.specs if s.shape and _static(s.shape[0])}
+        return fixed.pop() if len(fixed) == 1 else None
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample over all inputs (at the model's dtypes)."""
+        total = 0
+        for s in self.specs:
+            src = self.sources[s.name]
+            total += int(np.prod(src.shape[1:], dtype=np.int64)) * s.dtype.itemsize
+        return total
+
+    # ---- slicing
+    def subset(self, start: int, stop: int | None = None) -> "Calibration":
+        """Samples start..stop (relative to this set), e.g. a calibration/evaluation split."""
+        n = len(self)
+        a = min(max(0, start), n)
+        b = n if stop is None else min(max(a, stop), n)
+        fb = self.fixed_batch or 1
+        if (b - a) % fb:
+            raise InputError(f"{self.origin}: subset of {b - a} samples is not a multiple of the model's fixed batch {fb}")
+        return Calibration(self.specs, self.sources, self.start + a, self.start + b, self.origin)
+
+    def split(self, n_first: int) -> tuple["Calibration", "Calibration"]:
+        return self.subset(0, n_first), self.subset(n_first)
+
+    # ---- iteration
+    def batches(self, batch_size: int | None = None, *, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds {input name: array}. Fixed-batch models: exactly that batch per feed; dynamic:
+        ``batch_size`` samples (default 1; the last feed may be smaller). ``skip`` samples first."""
+        fixed = self.fixed_batch
+        bs = fixed if fixed is not None else max(1, int(batch_size or 1))
+        n = len(self)
+        pos = skip
+        while pos < n:
+            stop = min(n, pos + bs)
+            yield {s.name: self._read(s, self.start + pos, self.start + stop) for s in self.specs}
+            pos = stop
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.batches()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything at once (small sets only)."""
+        return {s.name: self._read(s, self.start, self.start + len(self)) for s in self.specs}
+
+    def _read(self, spec: TensorSpec, a: int, b: int) -> np.ndarray:
+        arr = self.sources[spec.name].read(a, b)
+        if arr.dtype != spec.dtype:
+            arr = arr.astype(spec.dtype)
+        return np.ascontiguousarray(arr)
+
+    # ---- validation
+    def _validate(self) -> None:
+        names = [s.name for s in self.specs]
+        missing = [n for n in names if n not in self.sources]
+        extra = [k for k in self.sources if k not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"unknown name(s) {', '.join(map(repr, extra))}")
+            raise InputError(f"{self.origin}: calibration data does not match the model inputs ({'; '.join(parts)}; model inputs: {', '.join(map(repr, names))})")
+        counts = {k: s.n for k, s in self.sources.items()}
+        if len(set(counts.values())) > 1:
+            raise InputError(f"{self.origin}: inputs have different sample counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if not counts or next(iter(counts.values())) == 0:
+            raise InputError(f"{self.origin}: calibration data holds no samples")
+        for spec in self.specs:
+            src = self.sources[spec.name]
+            if len(src.shape) != len(spec.shape):
+                raise InputError(
+                    f"{self.origin}: input {spec.name!r} has shape {src.shape[1:]} per sample (array {src.shape}), "
+                    f"model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape[1:], src.shape[1:]), start=1):
+                if _static(want) and want != got:
+                    raise InputError(
+                        f"{self.origin}: input {spec.name!r} has shape {tuple(src.shape)}, model expects {_fmt(spec.shape)} (axis {axis}: {got} != {want})"
+                    )
+            if _kind(src.dtype) != _kind(spec.dtype):
+                raise InputError(
+                    f"{self.origin}: input {spec.name!r} has dtype {src.dtype}, model expects {spec.dtype} (convert the data first)"
+                )
+        fb = self.fixed_batch
+        if fb is not None and self.total % fb:
+            raise InputError(f"{self.origin}: {self.total} samples is not a multiple of the model's fixed batch size {fb}")
+
+
+def _kind(dtype: np.dtype) -> str:
+    k = np.dtype(dtype).kind
+    return {"f": "float", "i": "int", "u": "int", "b": "bool", "c": "complex"}.get(k, k)
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join("?" if not _static(d) else str(d) for d in shape) + "]"
+
+
+# ------------------------------------------------------------------------------- loaders
+def _wrap(src: _Source, spec: TensorSpec) -> _Source:
+    """Treat an array one rank short of the model input as a single sample."""
+    if len(src.shape) == len(spec.shape) - 1:
+        if isinstance(src, _ArraySource):
+            return _WholeSource(src.array, src.label)
+        return _Unbatched(src)
+    return src
+
+
+def from_arrays(data, model, *, origin: str = "<arrays>") -> Calibration:
+    """Calibration from an array (single-input model) or a {input name: array} mapping."""
+    specs = model_input_specs(model)
+    if isinstance(data, np.ndarray):
+        if len(specs) != 1:
+            raise InputError(f"{origin}: one array given, but the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); pass a mapping")
+        data = {specs[0].name: data}
+    if not isinstance(data, Mapping):
+        raise InputError(f"{origin}: calibration data must be an array or a mapping of input name to array")
+    if len(specs) == 1 and len(data) == 1 and specs[0].name not in data:
+        data = {specs[0].name: next(iter(data.values()))}
+    by_name = {s.name: s for s in specs}
+    sources: dict[str, _Source] = {}
+    for k, v in data.items():
+        a = np.asarray(v)
+        if a.ndim == 0:
+            raise InputError(f"{origin}: array {k!r} is a scalar, not a batch of samples")
+        src = _ArraySource(a, k)
+        sources[k] = _wrap(src, by_name[k]) if k in by_name else src
+    return Calibration(specs, sources, origin=origin)
+
+
+def _npz_sources(path: Path) -> dict[str, _Source]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.namelist() if m.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: not a readable .npz archive ({e})") from e
+    out: dict[str, _Source] = {}
+    for m in members:
+        key = m[: -len(".npy")]
+        try:
+            out[key] = _NpzMemberSource(path, m, key)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken member
+            raise InputError(f"{path}: array {key!r} cannot be read ({e})") from e
+    if not out:
+        raise InputError(f"{path}: the archive holds no arrays")
+    return out
+
+
+def _npy_source(path: Path, label: str) -> _Source:
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise InputError(f"{path}: cannot be memory-mapped ({e})") from e
+    except OSError as e:
+        raise InputError(f"{path}: not a readable .npy file ({e})") from e
+    if a.ndim == 0:
+        raise InputError(f"{path}: holds a scalar, not a batch of samples")
+    return _ArraySource(a, label)
+
+
+def load_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
+    """Open calibration data at ``path`` (.npz, .npy, or a folder of .npy/.npz) for ``model``
+    (ModelProto, path, Graph, session or a list of TensorSpec)."""
+    p = Path(path)
+    specs = model_input_specs(model)
+    by_name = {s.name: s for s in specs}
+    origin = str(p)
+    if not p.exists():
+        raise InputError(f"{p}: no such calibration file or folder")
+    if p.is_dir():
+        npy = sorted(p.glob("*.npy"))
+        npz = sorted(p.glob("*.npz"))
+        if npy and npz:
+            raise InputError(f"{p}: mixes .npy and .npz files; use one kind")
+        if npy:
+            if len(specs) != 1:
+                raise InputError(f"{p}: a folder of .npy files feeds a single-input model; this one has inputs {', '.join(s.name for s in specs)} (use .npz files)")
+            spec = specs[0]
+            parts = [_wrap(_npy_source(f, f.name), spec) for f in npy]
+            return Calibration(specs, {spec.name: _ConcatSource(parts, str(p))}, origin=origin)
+        if npz:
+            per_name: dict[str, list[_Source]] = {}
+            for f in npz:
+                srcs = _npz_sources(f)
+                if len(specs) == 1 and len(srcs) == 1:
+                    srcs = {specs[0].name: next(iter(srcs.values()))}
+                for k, s in srcs.items():
+                    per_name.setdefault(k, []).append(_wrap(s, by_name[k]) if k in by_name else s)
+            counts = {k: len(v) for k, v in per_name.items()}
+            if len(set(counts.values())) > 1:
+                raise InputError(f"{p}: not every .npz file holds every input ({counts})")
+            return Calibration(specs, {k: _ConcatSource(v, f"{p}[{k}]") for k, v in per_name.items()}, origin=origin)
+        raise InputError(f"{p}: folder holds no .npy or .npz files")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        srcs = _npz_sources(p)
+        if len(specs) == 1 and len(srcs) == 1:
+            srcs = {specs[0].name: next(iter(srcs.values()))}
+        srcs = {k: (_wrap(s, by_name[k]) if k in by_name else s) for k, s in srcs.items()}
+        return Calibration(specs, srcs, origin=origin)
+    if suffix == ".npy":
+        if len(specs) != 1:
+            raise InputError(f"{p}: one .npy array given, but the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); use an .npz keyed by input name")
+        return Calibration(specs, {specs[0].name: _wrap(_npy_source(p, p.name), specs[0])}, origin=origin)
+    raise InputError(f"{p}: calibration data must be .npz, .npy or a folder of them (got {p.suffix or 'no extension'})")
+
+
+def as_calibration(data, model) -> Calibration:
+    """Calibration from a Calibration (returned as is), a path, an array or a mapping."""
+    if isinstance(data, Calibration):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_calibration(data, model)
+    return from_arrays(data, model)
