@@ -22,6 +22,7 @@ mobilenetv2_1.0 at 1 thread.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -216,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                  "| model | cold s | warm s | cold output | warm output |", "|---|---|---|---|---|"]
         for name, cold, warm in prof:
             body.append(f"| {name} | {cold[0]:.1f} | {warm[0]:.1f} | {cold[1]} | {warm[1]} |")
-    body += ["", f"Total benchmark time {total / 60:.1f} min."]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    body += ["", f"The machine may be shared: load average (1, 5, 15 min) at the end of this run: {load} on "
+             f"{os.cpu_count()} cores. Absolute latencies drift with load between moments, so errors are taken "
+             "against the interleaved A/B measurement, and the default method uses the whole-model latency "
+             "only as a scale.", "", f"Total benchmark time {total / 60:.1f} min."]
     text = "\n".join(body)
     print(text)
     if not args.no_write:

@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             "(`onnx_depth.latency_db.timer.interleaved_ab`, onnxruntime `optimization=\"all\"`, batch 1, "
             f"{args.rounds} rounds). Latency ratio = median over rounds of variant/original (lower is "
             "faster; p10-p90 of the per-round ratios in brackets). Nodes and MACs from "
-            "`onnx_depth.metrics.model_stats(onnx_depth.ir.load(model))`. Every variant matched the "
-            "original (rtol 1e-4, atol 1e-5) before it was timed.\n\n"
+            "`onnx_depth.metrics.model_stats(onnx_depth.ir.load(model))`. Each variant was compared with the "
+            "original (rtol 1e-4, atol 1e-5) before it was timed; a mismatch or a tool failure is listed "
+            "instead of timings.\n\n"
             f"{models}\n\nVersions: {versions()}. Run time {elapsed:.0f} s; 1-minute load average "
             f"{load:.1f} at the start (the machine is shared: trust ratios and their spread, not ms).\n\n{body}\n"
         )

@@ -27,7 +27,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import ndtr
+from math import erf as _erf, sqrt as _sqrt
+
+_erf_vec = np.vectorize(_erf, otypes=[np.float64])
+
+
+def ndtr(x):
+    """Standard normal CDF Phi(x) (numpy only; no scipy dependency)."""
+    return 0.5 * (1.0 + _erf_vec(np.asarray(x, dtype=np.float64) / _sqrt(2.0)))
 
 from ..ir import Graph
 from ..ir.patterns import is_op

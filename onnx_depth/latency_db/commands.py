@@ -33,7 +33,8 @@ EXIT_ERROR = 2
 
 
 def register(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
-    """Add the `db` command (with its sub-commands) to an argparse subparsers object."""
+    """Add the `db` command (with its sub-commands) and the `profile` command to an argparse
+    subparsers object; returns the `db` parser."""
     db = subparsers.add_parser("db", help="inspect and maintain the latency database",
                                description="Inspect and maintain the latency database.")
     sub = db.add_subparsers(dest="db_command", metavar="{stats,export,import,clear,repair}")
@@ -109,7 +110,8 @@ def run_profile(args: argparse.Namespace) -> int:
         cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense)
         if not quiet:
             print(f"{args.model}: {len(cands.options)} candidate options in {len(cands.chains)} chains, "
-                  f"{len(cands.unique())} distinct segment models (+ the whole model)")
+                  f"{len(cands.unique())} distinct segment models, {len(cands.cuts())} segment boundaries "
+                  "to price, and the whole model")
             print(f"fingerprint {fp.key()}: {fp.describe()}")
         with LatencyStore(path) as store:
             res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet))

@@ -41,6 +41,9 @@ Options of a segment (what the DP asks for):
   size-preserving padding; a dense layer a square weight), the rest merged; pruning everything
   leaves an identity (or 2x for a fused residual whose branch was pruned).
 
+Several layers kept apart with the activations between them removed is not an option: it costs
+what the single-layer segments cost and keeps less, so the DP would never pick it.
+
 Only shapes matter for latency, so merged geometry is computed by the kernel functions on
 one-channel proxy weights (the same compose / add_identity / add_parallel code; groups combine
 by gcd, as in compose) and timing models get random weights. Border exactness is ignored here (allow_inexact
