@@ -27,14 +27,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from math import erf as _erf, sqrt as _sqrt
+from math import erfc as _erfc, sqrt as _sqrt
 
-_erf_vec = np.vectorize(_erf, otypes=[np.float64])
+_erfc_vec = np.vectorize(_erfc, otypes=[np.float64])
 
 
 def ndtr(x):
     """Standard normal CDF Phi(x) (numpy only; no scipy dependency)."""
-    return 0.5 * (1.0 + _erf_vec(np.asarray(x, dtype=np.float64) / _sqrt(2.0)))
+    return 0.5 * _erfc_vec(-np.asarray(x, dtype=np.float64) / _sqrt(2.0))  # erfc: accurate in the tails
 
 from ..ir import Graph
 from ..ir.patterns import is_op
