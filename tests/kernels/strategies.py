@@ -39,24 +39,25 @@ def rand_bn(rng, C):
 
 
 @st.composite
-def channel_groups(draw):
-    """(I, M, O, g1, g2) covering dense, equal groups, depthwise chains and dense<->grouped mixes."""
+def channel_groups(draw, max_c: int = 8, max_g: int = 4):
+    """(I, M, O, g1, g2) covering dense, equal groups, depthwise chains and dense<->grouped mixes,
+    with channel counts up to max_c (max_c even) and group counts up to max_g."""
     mode = draw(st.sampled_from(["dense", "grouped", "dw", "dw_mult", "mixed"]))
     if mode == "dense":
-        I, M, O = (draw(st.integers(1, 8)) for _ in range(3))
+        I, M, O = (draw(st.integers(1, max_c)) for _ in range(3))
         return I, M, O, 1, 1
     if mode == "grouped":
-        g = draw(st.integers(2, 4))
-        a, b, c = (draw(st.integers(1, 8 // g)) for _ in range(3))
+        g = draw(st.integers(2, max_g))
+        a, b, c = (draw(st.integers(1, max_c // g)) for _ in range(3))
         return g * a, g * b, g * c, g, g
     if mode == "dw":
-        C = draw(st.integers(1, 8))
+        C = draw(st.integers(1, max_c))
         return C, C, C, C, C
     if mode == "dw_mult":  # depthwise with channel multiplier 2, then depthwise
-        C = draw(st.integers(1, 4))
+        C = draw(st.integers(1, max_c // 2))
         return C, 2 * C, 2 * C, C, 2 * C
-    I, O = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    M = draw(st.sampled_from([2, 4, 6, 8]))
+    I, O = draw(st.integers(1, max_c)), draw(st.integers(1, max_c))
+    M = draw(st.sampled_from(list(range(2, max_c + 1, 2))))
     g1 = draw(st.sampled_from(divisors(gcd(I, M))))
     g2 = draw(st.sampled_from(divisors(gcd(M, O))))
     return I, M, O, g1, g2
