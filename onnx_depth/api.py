@@ -82,6 +82,8 @@ def optimize(
     allow_over_budget: bool = False,
     refit: bool = True,
     progress: bool = False,
+    input_shapes: "dict[str, list[int]] | list[str] | None" = None,
+    fix_shapes: bool = False,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -100,9 +102,19 @@ def optimize(
     latency_db: the SQLite latency database (default $ONNX_DEPTH_LATENCY_DB or
     ~/.cache/onnx-depth/latency.sqlite). `check` > 0 (exact modes only) compares the original and
     the result with onnxruntime on that many random inputs and raises CheckFailed on a mismatch.
+
+    input_shapes: {input name: [dims]} (or the CLI's ["NAME:D1,D2", ...]): the concrete dims of
+    symbolic input dims for shape inference, profiling, timing and `check` (onnx_depth.shapes:
+    without it, batch 1 and the calibration data's shapes; otherwise InputError). The emitted
+    model keeps the input's symbolic dims unless `fix_shapes`, which writes the static shapes.
     """
     _check_args(latency_budget, max_error, lossless, calibration, check, threads)
+    from . import shapes as _shapes
+
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
+    given = _shapes.parse_input_shapes(input_shapes)
+    if fix_shapes or given:
+        model = _fixed_source(model, given, calibration, fix_shapes)
     # "before" describes the model as given, before our loader folds constants.
     before = metrics.model_stats(ir.load(model, fold=False))
     graph = ir.load(model)
@@ -114,11 +126,13 @@ def optimize(
         cal = load_calibration(calibration, ir.to_proto(graph.copy(), check=False))
     results = []
     outcome = None
+    symbolic = _shapes.has_symbolic_dims(original)
+    fixed = _shapes.resolve(original, given, cal) if symbolic and (given or latency_budget is not None or max_error is not None) else None
     if latency_budget is not None or max_error is not None:
         original_graph = graph.copy()
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
         outcome = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
-                          max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress)
+                          max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress, fixed)
         graph = outcome.graph
     else:
         if cal is not None and not lossless:
@@ -127,6 +141,8 @@ def optimize(
             results += calibrated_rewrites(graph, cal)
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
     out = ir.to_proto(graph)
+    if symbolic:
+        out = _reinfer(out)
     after = metrics.model_stats(graph)
     report = Report(input=source_name, output=None, before=before, after=after, passes=[r.to_dict() for r in results])
     reference = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
@@ -153,7 +169,12 @@ def optimize(
             "considered": outcome.considered,
             "chosen": [outcome.predicted_ratio, sum(outcome.importance.of(o) for o in outcome.plan)],
             "timings_s": outcome.timings,
+            "input_shapes": None if fixed is None else fixed.to_dict(),
         }
+        if fixed is not None:
+            report.notes.append(f"symbolic input dims: planned and timed at input shape {fixed.describe()}; the emitted "
+                                f"model keeps the symbolic dims (--input-shape to choose other shapes, --fix-shapes to "
+                                f"write static ones)")
         report.notes += outcome.warnings
         plan = outcome.plan_dict(source_name, report.budget, bound)
     if cal is not None:
@@ -163,17 +184,62 @@ def optimize(
         if not lossless and outcome is None:
             report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the calibration data")
     if check:
-        report.check = compare.compare_models(reference, out, n_random=check, seed=seed)
+        samples = _shapes.check_samples(original, given, cal)
+        report.check = compare.compare_at_shapes(reference, out, samples, n_random=check, seed=seed)
         if not report.check.allclose:
             raise CheckFailed(f"rewritten model differs from the original: {report.check.summary()}")
     return OptimizeResult(out, report, plan)
 
 
+def _fixed_source(model, given, calibration, fix: bool):
+    """The model with --input-shape validated; with --fix-shapes, a copy with those static
+    input shapes (and shapes re-inferred): everything downstream then sees a static model."""
+    from . import shapes as _shapes
+
+    proto = model if isinstance(model, onnx.ModelProto) else ir.read_model(os.fspath(model))[0]
+    if not _shapes.has_symbolic_dims(proto):
+        if given:
+            _shapes.resolve(proto, given)  # static dims must match what was given
+        return model
+    if not fix:
+        return model
+    cal = None
+    if calibration is not None:
+        from .analysis.calibration import load_calibration
+
+        cal = load_calibration(calibration, proto)
+    if isinstance(model, (str, os.PathLike)):
+        proto = onnx.load(os.fspath(model))  # with external data: the copy is self-contained
+    return _shapes.fix_inputs(proto, _shapes.resolve(proto, given, cal), infer=True)
+
+
+def _reinfer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the intermediates' value_info (stale after rewrites) and infer it again from the
+    symbolic inputs; the inputs and outputs are kept exactly as they are."""
+    from .ir.importer import infer_shapes
+    from .shapes import strip_value_info
+
+    bare = strip_value_info(_copy_model(model))
+    try:
+        inferred = infer_shapes(bare)
+        onnx.checker.check_model(inferred)
+    except Exception:  # noqa: BLE001 - an emitted model without value_info is valid too
+        return bare
+    return inferred
+
+
+def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,
-            refit, progress):
+            refit, progress, input_shapes=None):
     """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner."""
     from .planning.budget import BudgetPlanner
 
     with BudgetPlanner(graph, original, original_graph=original_graph, calibration=cal, threads=threads,
-                       provider=provider, latency_db=latency_db, refit=refit, progress=progress) as planner:
+                       provider=provider, latency_db=latency_db, refit=refit, progress=progress,
+                       input_shapes=input_shapes) as planner:
         return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget)

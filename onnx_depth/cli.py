@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--latency-db", metavar="PATH", help="latency database (default $ONNX_DEPTH_LATENCY_DB or ~/.cache/onnx-depth/latency.sqlite)")
     o.add_argument("--no-refit", action="store_true", help="budget mode with calibration: merge naively instead of refitting merged layers by least squares")
     o.add_argument("--check", type=int, default=0, metavar="N", help="compare IN and OUT on N random inputs (exit 1 on mismatch; exact modes only)")
+    o.add_argument("--input-shape", action="append", metavar="NAME:D1,D2,...", dest="input_shape",
+                   help="concrete dims of a symbolic input for shape inference, profiling, timing and --check "
+                        "(repeatable; D1,D2,... when the model has one input). Default: batch 1, other symbolic "
+                        "dims from --calibration data; the output keeps the symbolic dims")
+    o.add_argument("--fix-shapes", action="store_true",
+                   help="write the output with the static input shapes (--input-shape / defaults) instead of keeping the symbolic dims")
     o.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     o.add_argument("--emit-ort", metavar="DIR", help="also convert OUT to ORT format in DIR with onnxruntime's converter, with its required_operators.config (for reduced onnxruntime builds)")
     o.add_argument("--plot", metavar="FILE.png", help="with --latency-budget / --max-error: plot latency ratio vs estimated fidelity of the plans considered and the chosen one (needs matplotlib: pip install onnx-depth[plot])")
@@ -131,7 +137,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
                        latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
                        provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
                        allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
-                       progress=progress_wanted(bool(args.quiet)))
+                       progress=progress_wanted(bool(args.quiet)),
+                       input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)))
     save(res.model, args.output, protect=args.input)
     res.report.output = args.output
     if getattr(args, "plan_out", None) and res.plan is not None:

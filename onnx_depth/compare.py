@@ -34,6 +34,8 @@ class Comparison:
     top1_agreement: float | None = None
     allclose: bool = True
     worst_output: str | None = None
+    shapes: list[str] | None = None  # input shapes compared at (compare_at_shapes)
+    failed_at: str | None = None  # the candidate did not run at this shape (compare_at_shapes)
     rtol: float = RTOL
     atol: float = ATOL
     _sq_err: float = field(default=0.0, repr=False)
@@ -83,8 +85,11 @@ class Comparison:
     def summary(self) -> str:
         agree = "" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.2%}"
         verdict = "match" if self.allclose else "MISMATCH"
+        at = f" at input shape(s) {'; '.join(self.shapes)}" if self.shapes else ""
+        if self.failed_at:
+            return f"MISMATCH: the rewritten model fails to run at {self.failed_at}"
         return (
-            f"{verdict} over {self.runs} run(s): max abs err {self.max_abs:.3g}, "
+            f"{verdict} over {self.runs} run(s){at}: max abs err {self.max_abs:.3g}, "
             f"NMSE {self.nmse:.3g}{agree} (rtol {self.rtol:g}, atol {self.atol:g})"
         )
 
@@ -130,4 +135,48 @@ def compare_models(
     names = runtime.output_names(s_ref)
     for feed in feeds:
         c.add(runtime.run(s_ref, feed, names), runtime.run(s_new, feed, names))
+    return c
+
+
+def compare_at_shapes(
+    reference: onnx.ModelProto | str | bytes,
+    candidate: onnx.ModelProto | str | bytes,
+    samples: Sequence,
+    *,
+    n_random: int = 3,
+    seed: int = 0,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    optimization: str = "disabled",
+    threads: int | None = None,
+) -> Comparison:
+    """`compare_models` at several input shapes (`samples`: onnx_depth.shapes.InputShapes, e.g.
+    from `shapes.check_samples`): `n_random` random inputs of each. The reference failing to run
+    at a shape is the user's shape question: InputError naming the shape (exit 2); the candidate
+    failing where the reference runs is a mismatch (allclose False, `failed_at` says where)."""
+    from .shapes import feed_at, run_error
+
+    s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
+    s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
+    specs = runtime.input_specs(s_ref)
+    c = Comparison(rtol=rtol, atol=atol)
+    c.shapes = [s.describe() for s in samples]
+    names = runtime.output_names(s_ref)
+    rng = np.random.default_rng(seed)
+    for shapes in samples:
+        for _ in range(n_random):
+            feed = feed_at(specs, shapes, rng)
+            try:
+                ref = runtime.run(s_ref, feed, names)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
+                raise run_error(shapes, e, "the input model") from e
+            try:
+                new = runtime.run(s_new, feed, names)
+            except Exception as e:  # noqa: BLE001
+                c.runs += 1
+                c.allclose = False
+                c.max_abs = float("inf")
+                c.failed_at = f"{shapes.describe()}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                return c
+            c.add(ref, new)
     return c

@@ -66,6 +66,11 @@ def boundary(graph: Graph, nodes: Iterable[Node]) -> tuple[list[str], list[str],
 
 
 def _value_info(graph: Graph, tensor: str) -> onnx.ValueInfoProto:
+    """The boundary tensor's ValueInfo; with a planning view (Graph.fixed_shapes) its static
+    shape there, so that a timing model is static even when the graph is symbolic."""
+    if tensor in graph.fixed_shapes and graph.shape(tensor) != graph.fixed_shapes[tensor]:
+        elem = graph.elem_type(tensor) or onnx.TensorProto.FLOAT
+        return onnx.helper.make_tensor_value_info(tensor, elem, list(graph.fixed_shapes[tensor]))
     for v in graph.inputs:
         if v.name == tensor:
             return _copy.deepcopy(v)

@@ -59,6 +59,9 @@ class Graph:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.value_info: dict[str, onnx.ValueInfoProto] = {}
+        # planning view (onnx_depth.shapes.fixed_view): tensor -> its shape at the fixed input
+        # dims; never emitted, and only `static_shape` reads it (sizes, not validity)
+        self.fixed_shapes: dict[str, tuple[int, ...]] = {}
         self.initializers: dict[str, Initializer] = {}
         self._ids = itertools.count()
         self._producer: dict[str, tuple[int, int]] = {}
@@ -245,9 +248,13 @@ class Graph:
         return tuple(dims)
 
     def static_shape(self, tensor: str) -> tuple[int, ...] | None:
+        """The concrete shape for sizes (MACs, latency, planning geometry): the declared shape
+        when it is static, else the shape at the fixed input dims when the graph carries a
+        planning view (`fixed_shapes`), else None. Rewrites whose validity depends on a dim
+        must read `shape()`, which keeps symbolic dims symbolic."""
         s = self.shape(tensor)
-        if s is None or not all(isinstance(d, int) for d in s):
-            return None
+        if s is None or not all(isinstance(d, int) and d >= 0 for d in s):
+            return self.fixed_shapes.get(tensor)
         return s  # type: ignore[return-value]
 
     def elem_type(self, tensor: str) -> int | None:
@@ -308,6 +315,7 @@ class Graph:
         g.inputs = [_copy.deepcopy(v) for v in self.inputs]
         g.outputs = [_copy.deepcopy(v) for v in self.outputs]
         g.value_info = {k: _copy.deepcopy(v) for k, v in self.value_info.items()}
+        g.fixed_shapes = dict(self.fixed_shapes)
         g.initializers = {k: v.copy() for k, v in self.initializers.items()}
         for n in self.topological_order():
             c = _copy.copy(n)

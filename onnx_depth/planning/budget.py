@@ -349,7 +349,8 @@ class BudgetPlanner:
 
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
-                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21) -> None:
+                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21,
+                 input_shapes=None) -> None:
         import onnxruntime as ort
 
         from ..errors import UnsupportedModel
@@ -363,6 +364,13 @@ class BudgetPlanner:
         t0 = time.perf_counter()
         self.original, self.original_graph, self.calibration = original, original_graph, calibration
         self.threads, self.provider, self.refit, self.progress, self.rounds = threads, provider, refit, progress, rounds
+        # symbolic input dims: plan and time at the fixed shapes (onnx_depth.shapes); the graph
+        # itself stays symbolic, so every rewrite is valid for every value of the dims
+        self.input_shapes = input_shapes
+        if input_shapes is not None:
+            from ..shapes import fixed_view
+
+            graph.fixed_shapes = fixed_view(graph, input_shapes, threads=threads)
         self.cands = candidates(graph)
         if not self.cands.chains:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
@@ -370,7 +378,7 @@ class BudgetPlanner:
         fp = current(provider=provider, threads=threads)
         self.store = LatencyStore(latency_db or default_path())
         try:
-            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress)
+            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress, input_shapes=input_shapes)
             self.latency = LatencyModel.from_profile(self.cands, self.profile)
         except BaseException:
             self.store.close()
@@ -390,7 +398,12 @@ class BudgetPlanner:
         """Latency ratio candidate / original, interleaved, with this planner's session settings."""
         from ..latency_db.timer import interleaved_ab
 
-        comp = interleaved_ab({"original": self.original, "optimized": candidate}, threads=self.threads,
+        original = self.original
+        if self.input_shapes is not None:  # time at the fixed shapes (static copies)
+            from ..shapes import fix_inputs
+
+            original, candidate = fix_inputs(original, self.input_shapes), fix_inputs(candidate, self.input_shapes)
+        comp = interleaved_ab({"original": original, "optimized": candidate}, threads=self.threads,
                               provider=self.provider, rounds=self.rounds)
         return comp.ratios["optimized"], comp.ratio_spread["optimized"]
 

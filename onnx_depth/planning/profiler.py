@@ -81,12 +81,21 @@ def prepare(model: "onnx.ModelProto | str | os.PathLike[str]", *, max_layers: in
     return candidates(graph, max_layers=max_layers, max_kernel=max_kernel, max_mac_ratio=max_mac_ratio, dense=dense)
 
 
-def _ordered_items(cands: Candidates, whole: bool) -> list[tuple[str, Callable[[], onnx.ModelProto]]]:
+def _ordered_items(cands: Candidates, whole: bool, input_shapes=None) -> list[tuple[str, Callable[[], onnx.ModelProto]]]:
     """(key, model builder) in measuring order: the whole model, the single-layer options in
-    chain order, then every other distinct option."""
+    chain order, then every other distinct option. With `input_shapes` (onnx_depth.shapes) the
+    whole model is timed as a static copy at those shapes (its signature then says which)."""
     items: list[tuple[str, Callable[[], onnx.ModelProto]]] = []
     if whole:
-        items.append((WHOLE, lambda: ir.to_proto(cands.graph.copy(), check=False)))
+        def whole_model() -> onnx.ModelProto:
+            m = ir.to_proto(cands.graph.copy(), check=False)
+            if input_shapes is not None:
+                from ..shapes import fix_inputs
+
+                m = fix_inputs(m, input_shapes)
+            return m
+
+        items.append((WHOLE, whole_model))
     listed: set[str] = set()
     for o in cands.original_plan() + cands.options:
         if o.key not in listed:
@@ -147,6 +156,7 @@ def profile_candidates(
     progress: bool = False,
     group_size: int = GROUP_SIZE,
     group_bytes: int = GROUP_BYTES,
+    input_shapes=None,
     **timer_kw: Any,
 ) -> ProfileResult:
     """Look up (and, if `measure_missing`, time and store) every distinct option model and the
@@ -158,11 +168,12 @@ def profile_candidates(
     group and the difference taken round by round (median, p10, p90 over rounds; clamped at 0:
     a boundary costs nothing or something), stored as one derived entry (`cut_signature`).
     `entries[pair_key]` holds it. `timer_kw` goes to `timer.interleaved_ab`
-    (warmup, rounds, inner, ...)."""
+    (warmup, rounds, inner, ...). `input_shapes` (onnx_depth.shapes.InputShapes): the fixed
+    shapes of a symbolic graph (its `fixed_shapes` view makes the segment models static)."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    items = _ordered_items(cands, whole)
+    items = _ordered_items(cands, whole, input_shapes)
     pairs: dict[str, tuple[int, int]] = {}
     if cuts:
         for cid, i in cands.cuts():
