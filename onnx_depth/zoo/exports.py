@@ -6,7 +6,7 @@ model                    how it is made                                symbolic 
 ``mbv2_tiny``            torch (legacy exporter, opset 17), eval       batch ``N``
                          export: the exporter folds BN into the convs
 ``resnet_tiny_bn``       torch, ``TrainingMode.PRESERVE``: BN kept     batch ``N``
-``encoder_tiny``         torch ``nn.TransformerEncoderLayer`` x2       batch ``B``, seq ``T``
+``encoder_tiny``         torch: 2 post-LN encoder layers (GELU FFN)    batch ``B``, seq ``T``
 ``yolov8n``              nudenet's ``320n.onnx`` (as shipped)          batch, height, width
 ``ppocr_det``            rapidocr's PP-OCRv4 det (paddle2onnx)         batch, H, W
 ``ppocr_rec``            rapidocr's PP-OCRv4 rec (paddle2onnx)         batch, H ``?``, W
@@ -63,7 +63,7 @@ def export_path(name: str) -> Path:
         raise ValueError(f"unknown export {name!r}; known: {', '.join(NAMES)}")
     import torch
 
-    key = hashlib.sha256(f"{name}:{torch.__version__}:{EXPORT_OPSET}:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{name}:{torch.__version__}:{EXPORT_OPSET}:v2".encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.onnx"
     if not path.exists():
         _export(name, path)
@@ -141,11 +141,30 @@ def _torch_module(name: str):
             x = self.layers(self.stem(x))
             return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
+    class EncoderLayer(nn.Module):
+        """Post-LN encoder layer as nn.TransformerEncoderLayer computes it (self-attention,
+        residual, LayerNorm, Linear-GELU-Linear FFN, residual, LayerNorm), attention written out:
+        the legacy exporter traces nn.MultiheadAttention with the example's sequence length baked
+        into a Reshape (the export then fails at any other T)."""
+
+        def __init__(self, d, heads, ff):
+            super().__init__()
+            self.h = heads
+            self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+            self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.qkv(x).reshape(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)
+            a = torch.softmax(q @ k.transpose(-1, -2) / (C // self.h) ** 0.5, dim=-1) @ v
+            x = self.n1(x + self.out(a.transpose(1, 2).reshape(B, T, C)))
+            return self.n2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
+
     class EncoderTiny(nn.Module):
         def __init__(self, d=32, heads=4, ff=64, layers=2):
             super().__init__()
-            self.layers = nn.ModuleList(nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
-                                        for _ in range(layers))
+            self.layers = nn.ModuleList(EncoderLayer(d, heads, ff) for _ in range(layers))
             self.head = nn.Linear(d, d)
 
         def forward(self, x):
