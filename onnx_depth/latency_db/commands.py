@@ -82,6 +82,8 @@ def _register_profile(subparsers: "argparse._SubParsersAction[Any]") -> argparse
                    help=f"largest merged kernel extent (default {DEFAULT_MAX_KERNEL})")
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="only conv chains (skip Gemm/MatMul chains)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2,...", dest="input_shape",
+                   help="concrete dims of a symbolic input to profile at (repeatable; default: batch 1)")
     p.add_argument("--refresh", action="store_true", help="re-measure entries already in the database")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar, only the final count")
@@ -107,7 +109,8 @@ def run_profile(args: argparse.Namespace) -> int:
         return _err_profile(f"provider {args.provider!r} is not available; one of {', '.join(available)}")
     try:
         fp = current(provider=args.provider, threads=args.threads)
-        cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense)
+        cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense,
+                        input_shapes=getattr(args, "input_shape", None))
         if not quiet:
             print(f"{args.model}: {len(cands.options)} candidate options in {len(cands.chains)} chains, "
                   f"{len(cands.unique())} distinct segment models, {len(cands.cuts())} segment boundaries "

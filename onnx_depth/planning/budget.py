@@ -366,10 +366,12 @@ class BudgetPlanner:
         self.threads, self.provider, self.refit, self.progress, self.rounds = threads, provider, refit, progress, rounds
         # symbolic input dims: plan and time at the fixed shapes (onnx_depth.shapes); the graph
         # itself stays symbolic, so every rewrite is valid for every value of the dims
+        from ..shapes import fixed_view, has_symbolic_dims, resolve
+
+        if input_shapes is None and has_symbolic_dims(original):
+            input_shapes = resolve(original, None, calibration)  # defaults: batch 1, calibration shapes
         self.input_shapes = input_shapes
         if input_shapes is not None:
-            from ..shapes import fixed_view
-
             graph.fixed_shapes = fixed_view(graph, input_shapes, threads=threads)
         self.cands = candidates(graph)
         if not self.cands.chains:

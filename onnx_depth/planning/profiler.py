@@ -74,11 +74,23 @@ class ProfileResult:
 
 def prepare(model: "onnx.ModelProto | str | os.PathLike[str]", *, max_layers: int = DEFAULT_MAX_LAYERS,
             max_kernel: int = DEFAULT_MAX_KERNEL, max_mac_ratio: float = DEFAULT_MAX_MAC_RATIO,
-            dense: bool = True) -> Candidates:
-    """Load, run the LOSSLESS passes, enumerate candidates."""
+            dense: bool = True, input_shapes=None) -> Candidates:
+    """Load, run the LOSSLESS passes, enumerate candidates. A model with symbolic input dims is
+    planned at `input_shapes` ({input: dims} or the CLI's ["NAME:D1,D2"]; default: batch 1,
+    onnx_depth.shapes); the fixed shapes are kept in ``settings["input_shapes"]`` for
+    `profile_candidates`."""
+    from .. import shapes as _shapes
+
     graph = ir.load(model)
+    fixed = None
+    if input_shapes is not None or _shapes.has_symbolic_dims(model):
+        fixed = _shapes.resolve(model, input_shapes)
     run_to_fixed_point(graph, LOSSLESS, PassContext())
-    return candidates(graph, max_layers=max_layers, max_kernel=max_kernel, max_mac_ratio=max_mac_ratio, dense=dense)
+    if fixed is not None:
+        graph.fixed_shapes = _shapes.fixed_view(graph, fixed)
+    cands = candidates(graph, max_layers=max_layers, max_kernel=max_kernel, max_mac_ratio=max_mac_ratio, dense=dense)
+    cands.settings["input_shapes"] = fixed
+    return cands
 
 
 def _ordered_items(cands: Candidates, whole: bool, input_shapes=None) -> list[tuple[str, Callable[[], onnx.ModelProto]]]:
@@ -173,6 +185,8 @@ def profile_candidates(
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    if input_shapes is None:
+        input_shapes = cands.settings.get("input_shapes")
     items = _ordered_items(cands, whole, input_shapes)
     pairs: dict[str, tuple[int, int]] = {}
     if cuts:
