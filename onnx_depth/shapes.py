@@ -33,12 +33,10 @@ import numpy as np
 import onnx
 
 from .errors import InputError
+from .ir.graph import value_info_dims
 
 FLAG = "--input-shape"
 CHECK_BATCH = 3  # the second batch size --check samples
-
-
-Dim = "int | str | None"
 
 
 @dataclass(frozen=True)
@@ -77,11 +75,6 @@ class InputShapes:
     def to_dict(self) -> dict:
         return {"shapes": {k: list(v) for k, v in self.shapes.items()}, "source": dict(self.source)}
 
-    @property
-    def cli(self) -> str:
-        """The --input-shape flags that reproduce these shapes."""
-        return " ".join(f"{FLAG} {k}:{','.join(map(str, v))}" for k, v in self.shapes.items())
-
 
 # ------------------------------------------------------------------------------ reading
 def input_specs(model: "onnx.ModelProto | str | os.PathLike[str]") -> list[InputSpec]:
@@ -93,16 +86,7 @@ def input_specs(model: "onnx.ModelProto | str | os.PathLike[str]") -> list[Input
     for v in model.graph.input:
         if v.name in inits or not v.type.HasField("tensor_type"):
             continue
-        tt = v.type.tensor_type
-        dims: list = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value >= 0:
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        out.append(InputSpec(v.name, tuple(dims), tt.elem_type))
+        out.append(InputSpec(v.name, value_info_dims(v) or (), v.type.tensor_type.elem_type))
     return out
 
 

@@ -52,6 +52,22 @@ class ModelMeta:
         return self.opset_import.get("", self.opset_import.get("ai.onnx", 0))
 
 
+def value_info_dims(v: "onnx.ValueInfoProto | None") -> tuple[int | str | None, ...] | None:
+    """The dims of a tensor ValueInfo: ints for static dims, the dim_param (str) or None for
+    dynamic ones (a negative dim_value is dynamic); None when it has no shape."""
+    if v is None or not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in v.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
 class Graph:
     def __init__(self, meta: ModelMeta | None = None) -> None:
         self.meta = meta or ModelMeta()
@@ -234,18 +250,7 @@ class Graph:
         """Known shape: ints for static dims, the symbol (str) or None for dynamic ones."""
         if tensor in self.initializers:
             return self.initializers[tensor].shape
-        v = self._value_info_of(tensor)
-        if v is None or not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
-            return None
-        dims: list[int | str | None] = []
-        for d in v.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value >= 0:
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        return tuple(dims)
+        return value_info_dims(self._value_info_of(tensor))
 
     def static_shape(self, tensor: str) -> tuple[int, ...] | None:
         """The concrete shape for sizes (MACs, latency, planning geometry): the declared shape

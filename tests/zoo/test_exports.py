@@ -70,7 +70,7 @@ def _budget(src, out, db, extra):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_budget_on_the_export_as_is(name, tmp_path, db, capsys):
+def test_budget_on_the_export_as_is(name, tmp_path, db):
     src = _path(name)
     out = tmp_path / "out.onnx"
     _budget(src, out, db, FLAGS[name])
@@ -125,3 +125,14 @@ def test_check_on_the_encoder_needs_a_sequence_length(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "input[1] ('T')" in err[0] and "--input-shape" in err[0]
     assert main(["optimize", str(src), str(out), "--lossless", "--check", "1", "--input-shape", "input:1,48,32"]) == 0
+
+
+def test_corpus_is_in_the_exporters_form():
+    fold, keep = onnx.load(_path("mbv2_tiny")), onnx.load(_path("resnet_tiny_bn"))
+    assert not any(n.op_type == "BatchNormalization" for n in fold.graph.node)  # eval export folds BN
+    assert sum(n.op_type == "BatchNormalization" for n in keep.graph.node) >= 7  # TrainingMode.PRESERVE
+    for name in SMALL:
+        m = onnx.load(_path(name))
+        assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 13
+        assert shapes.input_specs(m)[0].dims[0] in ("N", "B")  # the dynamic batch axis
+    assert shapes.input_specs(onnx.load(_path("encoder_tiny")))[0].dims == ("B", "T", 32)
