@@ -17,7 +17,7 @@ The values (an :class:`InputShapes`), per graph input:
 4. Otherwise: a one-line :class:`~onnx_depth.errors.InputError` (exit 2) naming the dims and
    the flag.
 
-Dims that share a ``dim_param`` name take the same value in every input (``attention_mask``
+Dims that share a ``dim_param`` name (other than ``"?"``) take the same value in every input (``attention_mask``
 follows ``input_ids``). ``--check`` samples: the values above, and when some batch dim took the
 default, the same with batch 3 (dims given by ``--input-shape`` are checked exactly as given).
 """
@@ -160,7 +160,7 @@ def resolve(
         for a, (want, got) in enumerate(zip(s.dims, dims)):
             if not s.is_symbolic(a) and want != got:
                 raise InputError(f"{FLAG} {s.name}: axis {a} is static {want} in the model, got {got}")
-            if isinstance(want, str):
+            if _named(want):
                 if symbols.setdefault(want, got) != got:
                     raise InputError(f"{FLAG}: dim {want!r} is given as {symbols[want]} and {got}")
         shapes[s.name] = list(dims)
@@ -177,7 +177,7 @@ def resolve(
             if not s.is_symbolic(a):
                 dims.append(int(d))
                 continue
-            if isinstance(d, str) and d in symbols:
+            if _named(d) and d in symbols:
                 dims.append(symbols[d])
                 how = "given"
             elif a == 0:
@@ -191,7 +191,7 @@ def resolve(
                 missing.append(s.dim_label(a))
                 continue
             src = max(src, how, key=rank.__getitem__)
-            if isinstance(d, str):
+            if _named(d):
                 symbols.setdefault(d, int(dims[-1]))
         shapes[s.name] = dims
         source[s.name] = src
@@ -201,6 +201,11 @@ def resolve(
         raise InputError(f"symbolic dim(s) {', '.join(missing)} have no value: give them with {FLAG} "
                          f"(e.g. {example}) or pass --calibration data")
     return InputShapes({k: tuple(int(x) for x in v) for k, v in shapes.items()}, source)
+
+
+def _named(d) -> bool:
+    """A dim_param that names a dim (paddle2onnx writes "?" for any unknown dim: not a name)."""
+    return isinstance(d, str) and d not in ("?", "-1")
 
 
 def _calibration_shapes(cal) -> dict[str, tuple[int, ...]]:

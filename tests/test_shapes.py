@@ -155,3 +155,14 @@ def test_fix_shapes_writes_static_inputs(tmp_path):
     assert [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim] == [2, 8]
     s = runtime.make_session(m)
     assert runtime.run(s, {"x": np.zeros((2, 3, 10, 10), np.float32)})["y"].shape == (2, 8)
+
+
+def test_question_mark_dims_are_not_tied():
+    """paddle2onnx writes "?" for every unknown dim (PP-OCR cls: [-1, 3, "?", "?"], H != W)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, "?", "?"])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert shapes.resolve(m, ["1,3,48,192"]).shapes == {"x": (1, 3, 48, 192)}
+    with pytest.raises(InputError, match=r"x\[2\] \('\?'\), x\[3\] \('\?'\)"):
+        shapes.resolve(m)
