@@ -55,6 +55,7 @@ def _check_emitted(name, src, out) -> onnx.ModelProto:
     onnx.checker.check_model(m, full_check=True)
     original = onnx.load(src)
     assert shapes.symbolic_signature(m) == shapes.symbolic_signature(original)
+    assert [o.type for o in m.graph.output] == [o.type for o in original.graph.output]
     assert any(s.symbolic_axes for s in shapes.input_specs(m))
     _runs_at_both_shapes(name, m)
     return m
