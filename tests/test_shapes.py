@@ -166,3 +166,13 @@ def test_question_mark_dims_are_not_tied():
     assert shapes.resolve(m, ["1,3,48,192"]).shapes == {"x": (1, 3, 48, 192)}
     with pytest.raises(InputError, match=r"x\[2\] \('\?'\), x\[3\] \('\?'\)"):
         shapes.resolve(m)
+
+
+def test_profile_command_takes_input_shapes(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(_seq128_model(), src)
+    db = str(tmp_path / "db.sqlite")
+    assert main(["profile", str(src), "--latency-db", db, "-q"]) == 2
+    assert "x[1] ('T')" in capsys.readouterr().err
+    assert main(["profile", str(src), "--latency-db", db, "-q", "--input-shape", "x:1,128,8"]) == 0
+    assert "measured" in capsys.readouterr().out
