@@ -58,22 +58,18 @@ def option_input(cands: Candidates, opt: SegmentOption) -> str:
 
 
 def removed_activations(cands: Candidates, opt: SegmentOption) -> list:
-    """The activations the option removes (strictly inside the segment), one node each: the
-    activation's last node (its only node for single-node forms)."""
-    return [a.nodes[-1] for a in removed_junctions(cands, opt)]
-
-
-def removed_junctions(cands: Candidates, opt: SegmentOption) -> list:
-    """The `segments.JunctionActivation`s the option removes."""
+    """The activations the option removes (strictly inside the segment), as
+    `segments.JunctionActivation`s (name, op_type, inputs, outputs, nodes)."""
     chain = cands.chains[opt.chain]
     return [chain.acts[j] for j in range(opt.st + 1, opt.end) if chain.acts[j] is not None]
 
 
 def is_ffn_collapse(cands: Candidates, opt: SegmentOption) -> bool:
     """A transformer-FFN collapse: dense layers with an activation between them merged into one
-    layer with the residual around them fused (x + W2 act(W1 x) -> x (W1 diag(a) W2 + I))."""
-    return (opt.kind == "merge" and opt.geom is not None and opt.geom.kind == "dense" and bool(opt.fused)
-            and bool(removed_junctions(cands, opt)))
+    layer, W2 act(W1 x) -> x W1 diag(a) W2 (with the residual around them fused when the chain
+    holds it: x + FFN(x) -> x (W1 diag(a) W2 + I))."""
+    return (opt.kind == "merge" and opt.geom is not None and opt.geom.kind == "dense"
+            and bool(removed_activations(cands, opt)))
 
 
 def pruned_layers(cands: Candidates, opt: SegmentOption) -> list:
@@ -82,4 +78,4 @@ def pruned_layers(cands: Candidates, opt: SegmentOption) -> list:
 
 
 __all__ = ["RealAlgebra", "is_ffn_collapse", "option_input", "option_operator", "option_target", "pruned_layers",
-           "removed_activations", "removed_junctions"]
+           "removed_activations"]

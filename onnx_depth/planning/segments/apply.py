@@ -101,6 +101,8 @@ class Candidates:
     # activation output tensor -> (a, b) per channel, fitted on calibration data
     # (planning.activation_fit); activations without one use their data-free stand-in
     activation_maps: dict = field(default_factory=dict)
+    activation_nmse: dict = field(default_factory=dict)  # activation output -> NMSE of its affine map
+    activation_source: object = None  # the calibration set the maps were fitted on
 
     def __post_init__(self) -> None:
         self._by_id = {o.id: o for o in self.options}

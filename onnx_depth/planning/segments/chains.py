@@ -64,7 +64,13 @@ class JunctionActivation:
 
     @property
     def name(self) -> str:
-        return self.nodes[-1].name or self.y
+        """The name of its last node (the node writing y)."""
+        return self.nodes[-1].name
+
+    @property
+    def inputs(self) -> list[str]:
+        """x first, then the constant extra inputs of a single-node form (slope, bounds, bias)."""
+        return list(self.nodes[0].inputs) if len(self.nodes) == 1 else [self.x]
 
     @property
     def outputs(self) -> list[str]:
