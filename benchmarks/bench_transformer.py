@@ -137,14 +137,33 @@ def main() -> None:
         lines.append(f"| {row['budget']} | {row['rc']} | {row['ffn']} / {row['segments']} | {row['pred']:.3f} | "
                      f"{row['tool_ratio']:.3f} | {t['ratio']:.3f} ({t['spread'][0]:.3f}-{t['spread'][1]:.3f}) | "
                      f"{row['cos_mean']:.4f} ({row['cos_min']:.4f}, {row['cos_p10']:.4f}) | {row['tool_s']:.0f} s |")
+    (work / "rows.json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=1))
     ok = [r for r in rows if "error" not in r and timing.get(f"b{r['budget']}")]
-    hit = [r for r in ok if r["cos_mean"] >= 0.95 and timing[f"b{r['budget']}"]["ratio"] <= 0.85]
+    ratio = {r["budget"]: timing[f"b{r['budget']}"]["ratio"] for r in ok}
+    hit = [r for r in ok if r["cos_mean"] >= 0.95 and ratio[r["budget"]] <= 0.85]
+    fast = [r for r in ok if ratio[r["budget"]] <= 0.85]
+    faithful = [r for r in ok if r["cos_mean"] >= 0.95]
+    if hit:
+        verdict = "met at budget " + ", ".join(str(r["budget"]) for r in hit)
+    else:
+        best_fast = max(fast, key=lambda r: r["cos_mean"], default=None)
+        best_faithful = min(faithful, key=lambda r: ratio[r["budget"]], default=None)
+        verdict = "not met: " + "; ".join(filter(None, [
+            best_fast and f"at measured ratio <= 0.85 the best mean cosine is {best_fast['cos_mean']:.3f} "
+                          f"({best_fast['ffn']} FFN collapses, budget {best_fast['budget']})",
+            best_faithful and f"at mean cosine >= 0.95 the best measured ratio is {ratio[best_faithful['budget']]:.3f} "
+                              f"({best_faithful['ffn']} FFN collapse, budget {best_faithful['budget']})"]))
     body = "\n".join(lines) + (
-        f"\n\nOriginal: {timing['original']['ms']:.2f} ms per sentence (batch 1, seq {SEQ}, 1 thread). "
-        f"Calibration: {args.cal} sentences; evaluation: {len(eval_texts)} sentences from other packages. "
+        f"\n\nOriginal: {timing['original']['ms']:.2f} ms per sentence (batch 1, seq {SEQ}, 1 thread; the machine is "
+        f"shared, hence the wide p10-p90 bands). Calibration: {args.cal} samples of seq {SEQ} (sentences packed, "
+        f"no padding); evaluation: {len(eval_texts)} sentences from other packages, padded to {SEQ}. "
         f"Planned on a static copy (batch 1 / seq {SEQ}) until budget mode takes symbolic dims.\n\n"
-        f"Aim (mean cosine >= 0.95 at measured ratio <= 0.85): "
-        f"{'met at budget ' + ', '.join(str(r['budget']) for r in hit) if hit else 'not met'}.\n\n"
+        f"Aim (mean cosine >= 0.95 at measured ratio <= 0.85): {verdict}. Why: each collapse replaces a trained "
+        "GELU FFN (2 x 384x1536) by its best linear 384x384 fit (W1 diag(a) W2 + I, refit by least squares on "
+        "the block's input -> output); one collapse saves ~11% of the latency and costs at least ~0.04 of mean cosine (the best block), and the "
+        "errors of two or more collapses compound (each refit sees the original inputs, not the already "
+        "modified ones). Reaching the aim needs a model trained toward linearity (LayerCollapse regularizer) "
+        "or a sequential (error-propagating) refit.\n\n"
         "Plans:\n\n" + "\n".join(f"- {r['budget']}: " + "; ".join(r["labels"]) for r in ok))
     if not args.no_write:
         write_section("transformer", "MiniLM-L6 sentence encoder under a latency budget (FFN collapse)",
