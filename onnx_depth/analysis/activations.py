@@ -13,8 +13,13 @@ hardswish       HardSwish, Add(3)-Clip(0,6)-Mul(x)-Div(6) (any    x<=-3: 0 | bet
                 order of the /6), HardSigmoid(1/6, 1/2)-Mul(x)    | x>=3: x
 hardsigmoid     HardSigmoid(alpha, beta)                          below: 0 | alpha x + beta | 1
 silu            Sigmoid(x)-Mul(x)                                 approx. 0 | nonlinear | x
-gelu            Gelu, Div(sqrt 2)/Mul(1/sqrt 2)-Erf-Add(1)-Mul(x)  approx. 0 | nonlinear | x
-                -Mul(0.5) (any order of the two Muls)
+gelu            Gelu (ONNX Gelu-20, either approximation; ORT     approx. 0 | nonlinear | x
+                com.microsoft Gelu, FastGelu, BiasGelu: params
+                bias = the added bias), Div(sqrt 2)/Mul(1/sqrt 2)
+                -Erf-Add(1)-Mul(x)-Mul(0.5) (any order of the two
+                Muls), tanh form x^3-Mul(0.044715)-Add(x)-
+                Mul(sqrt(2/pi))-Tanh-Add(1)-Mul(x)-Mul(0.5)
+elu             Elu(alpha)                                        x<0: nonlinear | x>=0: x
 sigmoid, tanh   Sigmoid, Tanh (alone)                             approx. saturation only
 ==============  ================================================  =========================
 
@@ -103,7 +108,7 @@ class ActivationSite:
         k = self.kind
         one, zero = np.float64(1.0), np.float64(0.0)
         if region == "mid":
-            if k in ("relu", "clip", "leaky_relu", "prelu"):
+            if k in ("relu", "clip", "leaky_relu", "prelu", "elu"):
                 return one, zero
             if k == "hardsigmoid":
                 return np.float64(self.params["alpha"]), np.float64(self.params["beta"])
@@ -147,7 +152,8 @@ class ActivationSite:
 
     @property
     def has_regions(self) -> bool:
-        return self.kind in ("relu", "clip", "leaky_relu", "prelu", "hardswish", "hardsigmoid", "silu", "gelu", "sigmoid", "tanh")
+        return self.kind in ("relu", "clip", "leaky_relu", "prelu", "elu", "hardswish", "hardsigmoid", "silu", "gelu",
+                             "sigmoid", "tanh")
 
     def channel_vector(self, v, channels: int) -> np.ndarray:
         a = np.asarray(v, np.float64).reshape(-1)
@@ -253,8 +259,14 @@ def _match_gelu(graph: Graph, erf: Node) -> tuple[list[Node], str, str] | None:
             return None
     else:
         return None
-    add = _sole(graph, erf.outputs[0])
-    if not is_op(add, "Add") or _const_other(graph, add, erf.outputs[0]) != 1.0:
+    tail = _gelu_tail(graph, erf, x)
+    return None if tail is None else ([pre, erf] + tail[0], x, tail[1])
+
+
+def _gelu_tail(graph: Graph, f: Node, x: str) -> tuple[list[Node], str] | None:
+    """f(...) -> Add(1) -> Mul(x) -> Mul(0.5), any order of the two Muls: (nodes after f, output)."""
+    add = _sole(graph, f.outputs[0])
+    if not is_op(add, "Add") or _const_other(graph, add, f.outputs[0]) != 1.0:
         return None
     m1 = _sole(graph, add.outputs[0])
     if not is_op(m1, "Mul"):
@@ -264,18 +276,61 @@ def _match_gelu(graph: Graph, erf: Node) -> tuple[list[Node], str, str] | None:
         m2 = _sole(graph, m1.outputs[0])
         c = None if m2 is None or not is_op(m2, "Mul") else _const_other(graph, m2, m1.outputs[0])
         if c is not None and abs(c - 0.5) < 1e-6:
-            return [pre, erf, add, m1, m2], x, m2.outputs[0]
+            return [add, m1, m2], m2.outputs[0]
         return None
     if o is not None and graph.is_constant(o) and np.size(graph.const(o)) == 1 and abs(float(np.asarray(graph.const(o)).reshape(-1)[0]) - 0.5) < 1e-6:
         m2 = _sole(graph, m1.outputs[0])
         if is_op(m2, "Mul") and _other_input(m2, m1.outputs[0]) == x:
-            return [pre, erf, add, m1, m2], x, m2.outputs[0]
+            return [add, m1, m2], m2.outputs[0]
         return None
     half = graph.producer(o) if o is not None else None
     if is_op(half, "Mul") and _sole(graph, o) is m1:
         c = _const_other(graph, half, x)
-        if c is not None and abs(c - 0.5) < 1e-6:
-            return [pre, erf, add, half, m1], x, m1.outputs[0]
+        if c is not None and abs(c - 0.5) < 1e-6 and _sole(graph, half.outputs[0]) is m1:
+            return [add, half, m1], m1.outputs[0]
+    return None
+
+
+def _cube_of(graph: Graph, t: str) -> tuple[list[Node], str] | None:
+    """Nodes computing t = x^3 (Pow(x, 3), Mul(x, Mul(x, x)) either way round): (nodes, x)."""
+    p = graph.producer(t)
+    if is_op(p, "Pow") and _scalar(graph, p, 1) == 3.0:
+        return [p], p.inputs[0]
+    if not is_op(p, "Mul") or len(p.inputs) != 2:
+        return None
+    for sq_t, x in (p.inputs, p.inputs[::-1]):
+        sq = graph.producer(sq_t)
+        if is_op(sq, "Mul") and list(sq.inputs) == [x, x] and _sole(graph, sq_t) is p:
+            return [sq, p], x
+    return None
+
+
+def _match_gelu_tanh(graph: Graph, tanh: Node) -> tuple[list[Node], str, str] | None:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch exports gelu(approximate='tanh')."""
+    k = _sole(graph, tanh.inputs[0]) is tanh and graph.producer(tanh.inputs[0])
+    if not is_op(k, "Mul"):
+        return None
+    for u in k.inputs:
+        c = _const_other(graph, k, u)
+        if c is not None and abs(c - math.sqrt(2.0 / math.pi)) <= 1e-4:
+            break
+    else:
+        return None
+    add = graph.producer(u)
+    if not is_op(add, "Add") or _sole(graph, u) is not k or len(add.inputs) != 2:
+        return None
+    for v, x in (add.inputs, add.inputs[::-1]):
+        mc = graph.producer(v)
+        if not is_op(mc, "Mul") or _sole(graph, v) is not add:
+            continue
+        for w in mc.inputs:
+            c = _const_other(graph, mc, w)
+            if c is not None and abs(c - 0.044715) <= 1e-6:
+                cube = _cube_of(graph, w)
+                if cube is not None and cube[1] == x and _sole(graph, w) is mc:
+                    tail = _gelu_tail(graph, tanh, x)
+                    if tail is not None:
+                        return cube[0] + [mc, add, k, tanh] + tail[0], x, tail[1]
     return None
 
 
@@ -322,6 +377,10 @@ def find_activations(graph: Graph) -> list[ActivationSite]:
             m = _match_gelu(graph, n)
             if m:
                 sites.append(_make(graph, "gelu", "GELU(Erf)", *m, -GELU_T, GELU_T, approximate=True))
+        elif is_op(n, "Tanh"):
+            m = _match_gelu_tanh(graph, n)
+            if m:
+                sites.append(_make(graph, "gelu", "GELU(Tanh)", *m, -GELU_T, GELU_T, approximate=True))
         elif is_op(n, "Sigmoid"):
             mul = _sole(graph, n.outputs[0])
             if is_op(mul, "Mul") and _other_input(mul, n.outputs[0]) == n.inputs[0]:
@@ -336,7 +395,17 @@ def find_activations(graph: Graph) -> list[ActivationSite]:
         if m:
             claimed.update(x.id for x in m[0])
     for n in order:
-        if n.id in claimed or n.domain not in ("", "ai.onnx") or not n.inputs or not n.outputs:
+        if n.id in claimed or not n.inputs or not n.outputs:
+            continue
+        if n.domain == "com.microsoft" and n.op_type in ("Gelu", "FastGelu", "BiasGelu"):
+            bias = const_or_none(graph, n, 1) if len(n.inputs) > 1 and n.inputs[1] else None
+            if len(n.inputs) > 1 and n.inputs[1] and bias is None:
+                continue  # a bias that is not a constant: not analysed
+            params = {} if bias is None else {"bias": np.asarray(bias, np.float64).reshape(-1)}
+            sites.append(_make(graph, "gelu", f"{n.op_type}(com.microsoft)", [n], n.inputs[0], n.outputs[0],
+                               -GELU_T, GELU_T, params, approximate=True))
+            continue
+        if n.domain not in ("", "ai.onnx"):
             continue
         x, y = n.inputs[0], n.outputs[0]
         op = n.op_type
@@ -363,6 +432,9 @@ def find_activations(graph: Graph) -> list[ActivationSite]:
             except ValueError:
                 continue  # not a per-channel slope: not analysed
             sites.append(site)
+        elif op == "Elu":
+            a = float(n.attr("alpha", 1.0))
+            sites.append(_make(graph, "elu", f"Elu({a:g})", [n], x, y, 0.0, math.inf, {"alpha": np.float64(a)}))
         elif op == "HardSwish":
             sites.append(_make(graph, "hardswish", "HardSwish", [n], x, y, -3.0, 3.0))
         elif op == "HardSigmoid":

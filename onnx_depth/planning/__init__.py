@@ -10,7 +10,7 @@
 from .segments import (
     ACTIVATION_OPS,
     Candidates,
-    Chain,
+    LinearChain,
     Geom,
     Layer,
     SegmentOption,
@@ -22,7 +22,7 @@ from .segments import (
 __all__ = [
     "ACTIVATION_OPS",
     "Candidates",
-    "Chain",
+    "LinearChain",
     "Geom",
     "Layer",
     "SegmentOption",

@@ -36,6 +36,7 @@ from ..ir import Graph
 from ..ir.exporter import to_proto
 from ..passes import LOSSLESS, PassContext, run_to_fixed_point
 from . import layermerge_dp as dp
+from .activation_fit import fit_activation_maps
 from .importance import EvalSet, Importance, MeasuredImportance, OptionScore, datafree_importance
 from .latency_model import LatencyModel
 from .realize import pruned_layers, removed_activations
@@ -236,6 +237,8 @@ def plan_for_budget(
     options = useful_options(cands, lm)
     reference = to_proto(cands.graph.copy(), check=False)
     if calibration is not None:
+        # removed activations become per-channel affine maps fitted on the data (issue 12 §2)
+        fit_activation_maps(cands, reference, calibration, threads=threads)
         imp = MeasuredImportance(cands, options, reference, calibration, refit=refit, eval_samples=eval_samples,
                                  threads=threads, progress=progress, store=store)
     else:
