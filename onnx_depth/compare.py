@@ -116,16 +116,18 @@ def compare_models(
     atol: float = ATOL,
     optimization: str = "disabled",
     threads: int | None = None,
+    overridable: bool = False,
 ) -> Comparison:
     """Run both models with onnxruntime on the same inputs and compare all outputs.
 
     Without `feeds`, `n_random` random inputs are drawn from the reference model's input specs.
     Outputs are matched by name; the candidate must expose the same output names.
+    `overridable`: the random inputs also override the float initializers that are graph inputs.
     """
     s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
     s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
     if feeds is None:
-        feeds = runtime.random_feeds(s_ref, n_random, seed)
+        feeds = runtime.random_feeds(s_ref, n_random, seed, overridable=overridable)
     c = Comparison(rtol=rtol, atol=atol)
     names = runtime.output_names(s_ref)
     for feed in feeds:

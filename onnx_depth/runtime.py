@@ -110,6 +110,14 @@ def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:
     ]
 
 
+def overridable_specs(session: ort.InferenceSession) -> list[TensorSpec]:
+    """Initializers that are also graph inputs (IR >= 4): a caller may feed them."""
+    return [
+        TensorSpec(i.name, tuple(i.shape), np.dtype(_ORT_TYPES.get(i.type, np.float32)))
+        for i in session.get_overridable_initializers()
+    ]
+
+
 def output_names(session: ort.InferenceSession) -> list[str]:
     return [o.name for o in session.get_outputs()]
 
@@ -138,19 +146,25 @@ def random_feed(
     for s in specs:
         shape = concrete_shape(s, dims)
         if np.issubdtype(s.dtype, np.floating):
-            feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+            value = rng.standard_normal(shape)
         elif s.dtype == np.bool_:
-            feed[s.name] = rng.random(shape) < 0.5
+            value = rng.random(shape) < 0.5
         else:
-            feed[s.name] = rng.integers(0, 8, size=shape).astype(s.dtype)
+            value = rng.integers(0, 8, size=shape)
+        feed[s.name] = np.asarray(value, dtype=s.dtype)  # an array even for scalars (shape ())
     return feed
 
 
 def random_feeds(
-    session: ort.InferenceSession, n: int, seed: int = 0, dims: Mapping[str, int] | None = None
+    session: ort.InferenceSession, n: int, seed: int = 0, dims: Mapping[str, int] | None = None,
+    overridable: bool = False,
 ) -> list[dict[str, np.ndarray]]:
+    """`n` random feeds; with `overridable`, floating-point overridable initializers are fed
+    random values too (integer ones, often shapes or indices, keep their stored value)."""
     rng = np.random.default_rng(seed)
     specs = input_specs(session)
+    if overridable:
+        specs += [s for s in overridable_specs(session) if np.issubdtype(s.dtype, np.floating)]
     return [random_feed(specs, rng, dims) for _ in range(n)]
 
 

@@ -119,15 +119,99 @@ def _constant_value(n: onnx.NodeProto) -> onnx.TensorProto | None:
 
 # ---------------------------------------------------------------------- folding
 def _foldable_nodes(model: onnx.ModelProto) -> bool:
-    consts = {t.name for t in model.graph.initializer}
-    if model.ir_version >= 4:  # IR >= 4: an initializer that is also an input is overridable
-        consts -= {i.name for i in model.graph.input}
+    consts = {t.name for t in model.graph.initializer} - overridable_initializers(model)
     for n in model.graph.node:
         if n.op_type in _NONDETERMINISTIC or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             continue
         if all(i in consts for i in n.input if i):
             return True
     return False
+
+
+def overridable_initializers(model: onnx.ModelProto) -> set[str]:
+    """IR >= 4: initializers that are also graph inputs; a caller may feed them, so they are
+    inputs with a default value, never constants (nothing depending on them is folded)."""
+    if model.ir_version < 4:
+        return set()
+    inputs = {i.name for i in model.graph.input}
+    return {t.name for t in model.graph.initializer if t.name in inputs}
+
+
+def _hide_overridable(work: onnx.ModelProto) -> None:
+    """Drop overridable initializers from the copy graphsurgeon folds: they stay graph inputs
+    (variables), so no value computed from them can become a constant."""
+    names = overridable_initializers(work)
+    if names:
+        keep = [t for t in work.graph.initializer if t.name not in names]
+        del work.graph.initializer[:]
+        work.graph.initializer.extend(keep)
+
+
+# ---------------------------------------------------------------------- sizes
+def max_tensor_bytes() -> int:
+    """Largest tensor (bytes) a model may need at batch 1 before we refuse to evaluate it
+    (folding, --check, calibration); $ONNX_DEPTH_MAX_TENSOR_BYTES, default 2 GiB."""
+    try:
+        return int(os.environ.get("ONNX_DEPTH_MAX_TENSOR_BYTES", 1 << 31))
+    except ValueError:
+        raise InputError("ONNX_DEPTH_MAX_TENSOR_BYTES must be an integer number of bytes") from None
+
+
+def tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
+    """Bytes of a tensor from its inferred type (symbolic dims count as 1), None if unknown."""
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    t = vi.type.tensor_type
+    n = 1
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            n *= max(int(d.dim_value), 0)
+        elif not d.HasField("dim_param"):
+            return None
+    try:
+        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        item = 8
+    return n * max(item, 1)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _size_barriers(work: onnx.ModelProto) -> set[str]:
+    """Outputs of nodes that graphsurgeon must not evaluate: inferred larger than
+    FOLD_SIZE_LIMIT, or of unknown size (a ConstantOfShape/Expand/Tile/Range could be anything).
+    Decided from shape inference BEFORE anything is evaluated; excluding a node also keeps its
+    consumers unfolded."""
+    inferred = infer_shapes(work)  # returns a new model; `work` is our copy anyway
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    barriers: set[str] = set()
+    for n in work.graph.node:
+        for o in n.output:
+            if not o:
+                continue
+            b = tensor_bytes(known[o]) if o in known else None
+            if b is None or b > FOLD_SIZE_LIMIT:
+                barriers.add(o)
+    return barriers
+
+
+def check_tensor_sizes(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse (InputError, exit 2) a model whose inferred tensors need more than
+    max_tensor_bytes() at batch 1: evaluating it (--check, calibration, profiling) would
+    exhaust memory. Uses shapes already inferred into `model`; evaluates nothing."""
+    limit = max_tensor_bytes()
+    g = model.graph
+    for v in list(g.value_info) + list(g.output) + list(g.input):
+        b = tensor_bytes(v)
+        if b is not None and b > limit:
+            raise InputError(f"{where}: tensor {v.name!r} would need {_human_bytes(b)} (over the "
+                             f"{_human_bytes(limit)} limit, $ONNX_DEPTH_MAX_TENSOR_BYTES); refusing to evaluate it")
 
 
 def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
@@ -154,9 +238,15 @@ def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     if work.ByteSize() >= _PROTO_LIMIT:
         log.warning("model over 2 GB: constant folding skipped")
         return 0
+    _hide_overridable(work)
+    barriers = _size_barriers(work)
+    if barriers:
+        log.warning("constant folding: %d tensor(s) left unfolded (over %s or of unknown size), e.g. %s",
+                    len(barriers), _human_bytes(FOLD_SIZE_LIMIT), sorted(barriers)[0])
     try:
         gg = gs.import_onnx(work)
-        gg.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
+        gg.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True,
+                          should_exclude_node=lambda node: any(o.name in barriers for o in node.outputs))
     except Exception as e:  # graphsurgeon/ORT failing on an exotic graph must not stop us
         log.warning("constant folding skipped: %s", _first_line(e))
         return 0
@@ -262,6 +352,7 @@ def load(
     if shapes:
         _list_initializers_as_inputs(model)
         model = infer_shapes(model)
+        check_tensor_sizes(model, source if isinstance(source, (str, os.PathLike)) else "model")
     return from_proto(model, base_dir)
 
 
