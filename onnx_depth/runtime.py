@@ -17,7 +17,9 @@ import onnxruntime as ort
 
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
 
-ort.set_default_logger_severity(3)  # keep ORT warnings (e.g. from constant folding) off the terminal
+# ORT's own log lines stay off the terminal (4 = fatal only): warnings from constant folding and
+# "[E:onnxruntime:...]" lines for a failing run; the error reaches the user as our one-line message.
+ort.set_default_logger_severity(4)
 
 OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -69,7 +71,7 @@ def session_options(
         raise ValueError(f"unknown optimization level {optimization!r}; one of {sorted(OPT_LEVELS)}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     if threads is not None:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1

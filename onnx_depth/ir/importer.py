@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,53 @@ def read_model(source: "onnx.ModelProto | str | os.PathLike[str]", *, check: boo
             raise InputError(f"{path}: not an ONNX model (no graph, opset or IR version)")
         base_dir = str(path.parent)
     if check:
+        where = source if not isinstance(source, onnx.ModelProto) else "model"
+        if not model.graph.output:
+            raise InputError(f"{where}: the graph has no outputs (nothing to compute)")
+        if base_dir is not None:
+            _check_external_data(model, base_dir, where)
         _check(model, source)
     return model, base_dir
 
 
+def _check_external_data(model: onnx.ModelProto, base_dir: str, where: object) -> None:
+    """Every external tensor's file exists, is a regular file and holds offset + length bytes
+    (a truncated or short data file is a bad input, found before anything reads it)."""
+    sizes: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if not onnx.external_data_helper.uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        full = os.path.join(base_dir, loc)
+        if loc not in sizes:
+            try:
+                st = os.stat(full)
+            except OSError:
+                raise InputError(f"{where}: external data file {loc!r} of tensor {t.name!r} is missing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{where}: external data {loc!r} of tensor {t.name!r} is not a regular file")
+            sizes[loc] = st.st_size
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise InputError(f"{where}: tensor {t.name!r} has a bad external data offset/length") from None
+        need = int(np.prod(list(t.dims), dtype=np.int64))
+        try:
+            need *= np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            need = 0
+        end = offset + (length if length is not None else need)
+        if offset < 0 or end > sizes[loc] or (length is not None and need and length < need):
+            raise InputError(f"{where}: external data file {loc!r} is truncated or too short for tensor "
+                             f"{t.name!r} (needs bytes {offset}..{end}, file has {sizes[loc]})")
+
+
 def _check(model: onnx.ModelProto, source: object) -> None:
+    """onnx.checker with full (strict) shape inference: a model whose shapes do not infer
+    (non-broadcasting operands, wrong-rank weights, lying value_info) is a bad input, not
+    something to find out when the rewritten model is emitted."""
     where = source if not isinstance(source, onnx.ModelProto) else "model"
     try:
         if isinstance(source, (str, os.PathLike)) and _has_external_data(model):
@@ -70,6 +113,11 @@ def _check(model: onnx.ModelProto, source: object) -> None:
             onnx.checker.check_model(model, full_check=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         raise InputError(f"{where}: fails the ONNX checker: {_first_line(e)}") from e
+    if model.ByteSize() < _PROTO_LIMIT:
+        try:
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+            raise InputError(f"{where}: fails ONNX shape inference: {_first_line(e)}") from e
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:
@@ -214,6 +262,36 @@ def check_tensor_sizes(model: onnx.ModelProto, where: str = "model") -> None:
                              f"{_human_bytes(limit)} limit, $ONNX_DEPTH_MAX_TENSOR_BYTES); refusing to evaluate it")
 
 
+def check_channels(model: onnx.ModelProto, where: object = "model") -> None:
+    """What onnx shape inference lets through but onnxruntime refuses at run time: a Conv whose
+    input channels are not weight channels x group, a PRelu slope that does not broadcast to
+    its input (static shapes only). InputError (exit 2)."""
+    g = model.graph
+    shapes: dict[str, list[int | None]] = {}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    for n in g.node:
+        if n.op_type == "Conv" and len(n.input) > 1:
+            x, w = shapes.get(n.input[0]), shapes.get(n.input[1])
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            if x and w and len(x) >= 2 and len(w) >= 2 and x[1] and w[1] and x[1] != w[1] * group:
+                raise InputError(f"{where}: Conv {n.name or n.output[0]!r}: input has {x[1]} channels, weight expects "
+                                 f"{w[1]} x group {group} = {w[1] * group}")
+        elif n.op_type == "PRelu" and len(n.input) > 1:
+            x, sl = shapes.get(n.input[0]), shapes.get(n.input[1])
+            if x and sl is not None and all(d for d in x) and all(d for d in sl):
+                try:
+                    ok = np.broadcast_shapes(tuple(x), tuple(sl)) == tuple(x)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise InputError(f"{where}: PRelu {n.name or n.output[0]!r}: slope shape {tuple(sl)} does not "
+                                     f"broadcast to the input shape {tuple(x)}")
+
+
 def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     """Constant-fold with onnx-graphsurgeon; copy the folded values back into `model`.
 
@@ -352,7 +430,10 @@ def load(
     if shapes:
         _list_initializers_as_inputs(model)
         model = infer_shapes(model)
-        check_tensor_sizes(model, source if isinstance(source, (str, os.PathLike)) else "model")
+        where = source if isinstance(source, (str, os.PathLike)) else "model"
+        check_tensor_sizes(model, where)
+        if check:
+            check_channels(model, where)
     return from_proto(model, base_dir)
 
 
