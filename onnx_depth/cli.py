@@ -193,6 +193,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         outputs.update(_ort_files(args.input, args.output, out_dir))
     inputs: dict[str, str] = dict(protected_inputs(args.input))
     if getattr(args, "latency_db", None):
+        safe_io.check_distinct({"--latency-db": args.latency_db}, protected_inputs(args.input))
         inputs["the latency database"] = args.latency_db
     if getattr(args, "calibration", None):
         inputs["the calibration data"] = args.calibration

@@ -319,7 +319,7 @@ def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     _hide_overridable(work)
     barriers = _size_barriers(work)
     if barriers:
-        log.warning("constant folding: %d tensor(s) left unfolded (over %s or of unknown size), e.g. %s",
+        log.info("constant folding: %d tensor(s) left unfolded (over %s or of unknown size), e.g. %s",
                     len(barriers), _human_bytes(FOLD_SIZE_LIMIT), sorted(barriers)[0])
     try:
         gg = gs.import_onnx(work)
