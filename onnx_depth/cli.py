@@ -190,7 +190,11 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     out_dir = getattr(args, "emit_ort", None)
     if out_dir:
         safe_io.check_directory(out_dir, "--emit-ort")
-        outputs.update(_ort_files(args.input, args.output, out_dir))
+        ort_files = _ort_files(args.input, args.output, out_dir)
+        if Path(out_dir).is_dir():
+            for what, path in ort_files.items():
+                safe_io.check_destination(path, what)
+        outputs.update(ort_files)
     inputs: dict[str, str] = dict(protected_inputs(args.input))
     if getattr(args, "latency_db", None):
         safe_io.check_distinct({"--latency-db": args.latency_db}, protected_inputs(args.input))

@@ -123,20 +123,18 @@ def test_item7_device_out_is_refused():
 
 
 # ---------------------------------------------------------------- item 8: memory bomb
-_BOMB = """
-import numpy as np, onnx, sys
-from onnx import helper as h, TensorProto as T, numpy_helper as nh
-s = nh.from_array(np.array([4096, 4096, 256], np.int64), "s")
-if sys.argv[2] == "fold":   # ConstantOfShape of constants: a folding bomb
-    nodes = [h.make_node("ConstantOfShape", ["s"], ["c"], value=h.make_tensor("v", T.FLOAT, [1], [1.0])),
-             h.make_node("ReduceSum", ["c"], ["r"], keepdims=0), h.make_node("Add", ["x", "r"], ["y"])]
-    out = h.make_tensor_value_info("y", T.FLOAT, [1])
-else:                       # Expand of an input: an evaluation bomb (--check)
-    nodes = [h.make_node("Expand", ["x", "s"], ["e"]), h.make_node("ReduceSum", ["e"], ["y"], keepdims=0)]
-    out = h.make_tensor_value_info("y", T.FLOAT, [])
-g = h.make_graph(nodes, "b", [h.make_tensor_value_info("x", T.FLOAT, [1])], [out], [s])
-onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)], ir_version=8), sys.argv[1])
-"""
+def _bomb(kind: str) -> onnx.ModelProto:
+    """A [4096, 4096, 256] float tensor (16 GiB) from a model of under 200 bytes."""
+    s = nh.from_array(np.array([4096, 4096, 256], np.int64), "s")
+    if kind == "fold":  # ConstantOfShape of constants: a folding bomb
+        nodes = [h.make_node("ConstantOfShape", ["s"], ["c"], value=h.make_tensor("v", T.FLOAT, [1], [1.0])),
+                 h.make_node("ReduceSum", ["c"], ["r"], keepdims=0), h.make_node("Add", ["x", "r"], ["y"])]
+        out = F("y", [1])
+    else:  # Expand of an input: an evaluation bomb (--check)
+        nodes = [h.make_node("Expand", ["x", "s"], ["e"]), h.make_node("ReduceSum", ["e"], ["y"], keepdims=0)]
+        out = F("y", [])
+    return _model(nodes, [F("x", [1])], [out], [s], opset=13)
+
 
 # A fresh wrapper process whose only child is the CLI: RUSAGE_CHILDREN is that child's peak RSS.
 # The child runs under RLIMIT_AS = 8 GiB so that a regression fails instead of swapping the box.
@@ -152,8 +150,7 @@ print(r.stderr.strip())
 
 @pytest.mark.parametrize("kind,command", [("fold", "analyze"), ("eval", "optimize")])
 def test_item8_memory_bomb_refused_before_evaluation(tmp_path, kind, command):
-    bomb = tmp_path / "bomb.onnx"
-    subprocess.run([sys.executable, "-c", _BOMB, str(bomb), kind], check=True)
+    bomb = _save(tmp_path, _bomb(kind), "bomb.onnx")
     assert bomb.stat().st_size < 1024
     args = [str(bomb)] + ([str(tmp_path / "o.onnx"), "--check", "2"] if command == "optimize" else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
