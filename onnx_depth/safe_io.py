@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from .errors import InputError
 TMP_PREFIX = ".onnx-depth-"
 TMP_SUFFIX = ".tmp"
 STALE_SECONDS = 15 * 60
+_WORK_DIR_PREFIXES = (TMP_PREFIX + "ort-", TMP_PREFIX + "repair-")  # ort_format, latency_db.repair
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 PathLike = "str | os.PathLike[str]"
@@ -127,8 +129,9 @@ def check_distinct(outputs: Mapping[str, "PathLike | None"], inputs: Mapping[str
 
 
 def clean_stale(directory: PathLike, max_age: float = STALE_SECONDS) -> int:
-    """Remove our own temporary files (``.onnx-depth-*.tmp``, regular files we own) older than
-    `max_age` seconds from `directory`; returns how many were removed. Errors are ignored."""
+    """Remove our own temporary files (``.onnx-depth-*.tmp``, regular files we own) and work
+    folders (``.onnx-depth-ort-*``, ``.onnx-depth-repair-*``) older than `max_age` seconds from
+    `directory`; returns how many were removed. Errors are ignored."""
     removed = 0
     now = time.time()
     try:
@@ -137,13 +140,20 @@ def clean_stale(directory: PathLike, max_age: float = STALE_SECONDS) -> int:
         return 0
     uid = os.getuid() if hasattr(os, "getuid") else None
     for name in names:
-        if not (name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)):
+        ours_file = name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+        ours_dir = name.startswith(_WORK_DIR_PREFIXES)
+        if not (ours_file or ours_dir):
             continue
         full = os.path.join(directory, name)
         with contextlib.suppress(OSError):
             st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode) and (uid is None or st.st_uid == uid) and now - st.st_mtime > max_age:
+            if (uid is not None and st.st_uid != uid) or now - st.st_mtime <= max_age:
+                continue
+            if ours_file and stat.S_ISREG(st.st_mode):
                 os.unlink(full)
+                removed += 1
+            elif ours_dir and stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(full, ignore_errors=True)
                 removed += 1
     return removed
 

@@ -148,6 +148,7 @@ print(r.stderr.strip())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,command", [("fold", "analyze"), ("eval", "optimize")])
 def test_item8_memory_bomb_refused_before_evaluation(tmp_path, kind, command):
     bomb = _save(tmp_path, _bomb(kind), "bomb.onnx")
@@ -346,11 +347,14 @@ def test_item12_stale_temp_files_of_ours_are_cleaned(tmp_path, capsys):
     stale = tmp_path / f"{safe_io.TMP_PREFIX}deadbeef{safe_io.TMP_SUFFIX}"
     fresh = tmp_path / f"{safe_io.TMP_PREFIX}cafecafe{safe_io.TMP_SUFFIX}"
     other = tmp_path / "user.tmp"
-    for p in (stale, fresh, other):
+    work = tmp_path / f"{safe_io.TMP_PREFIX}ort-killed"  # an --emit-ort work folder left by SIGKILL
+    work.mkdir()
+    for p in (stale, fresh, other, work / "model.ort"):
         p.write_bytes(b"x" * 1000)
     old = time.time() - 2 * safe_io.STALE_SECONDS
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
+    for p in (stale, other, work):
+        os.utime(p, (old, old))
     rc, err = _cli(capsys, "optimize", src, tmp_path / "o.onnx")
     assert rc == 0, err
-    assert not stale.exists() and fresh.exists() and other.exists()  # only ours, only old ones
+    assert not stale.exists() and not work.exists()
+    assert fresh.exists() and other.exists()  # only ours, only old ones
