@@ -358,3 +358,28 @@ def test_item12_stale_temp_files_of_ours_are_cleaned(tmp_path, capsys):
     assert rc == 0, err
     assert not stale.exists() and not work.exists()
     assert fresh.exists() and other.exists()  # only ours, only old ones
+
+
+# ---------------------------------------------------------------- found by tests/test_fuzz.py
+def test_removing_an_activation_read_by_an_if_branch_rewires_the_branch():
+    """Budget mode removed a Relu whose output an If branch read from the outer scope; the
+    branch kept reading the removed tensor (exit 4: "Nodes in a graph must be topologically
+    sorted"). Graph.replace_uses now renames outer-scope reads in subgraphs too."""
+    from onnx_depth import ir
+
+    then = h.make_graph([h.make_node("Identity", ["r"], ["t"])], "then", [], [F("t", [1, 4])])
+    els = h.make_graph([h.make_node("Neg", ["r"], ["e"])], "else", [], [F("e", [1, 4])])
+    m = _model([h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("Relu", ["a"], ["r"]),
+                h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els)],
+               [F("x", [1, 4]), h.make_tensor_value_info("c", T.BOOL, [])], [F("y", [1, 4])], [_w("W1", 4, 4)])
+    g = ir.load(m)
+    relu = next(n for n in g if n.op_type == "Relu")
+    assert g.replace_uses("r", "a") == 1
+    g.remove_node(relu)
+    out = ir.to_proto(g)
+    x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+    w = nh.to_array(m.graph.initializer[0])
+    s = runtime.make_session(out)
+    for cond in (True, False):
+        y = runtime.run(s, {"x": x, "c": np.array(cond)})["y"]
+        np.testing.assert_allclose(y, (x @ w) if cond else -(x @ w), rtol=1e-5)
