@@ -166,7 +166,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ort_files(input_path: str, output: str, out_dir: "str | None") -> dict[str, str]:
+def _ort_files(output: str, out_dir: "str | None") -> dict[str, str]:
     """The files --emit-ort will write (same naming as ort_format.emit_ort)."""
     if not out_dir:
         return {}
@@ -190,7 +190,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     out_dir = getattr(args, "emit_ort", None)
     if out_dir:
         safe_io.check_directory(out_dir, "--emit-ort")
-        ort_files = _ort_files(args.input, args.output, out_dir)
+        ort_files = _ort_files(args.output, out_dir)
         if Path(out_dir).is_dir():
             for what, path in ort_files.items():
                 safe_io.check_destination(path, what)

@@ -103,6 +103,8 @@ def protected_inputs(protect: "str | os.PathLike[str] | None") -> dict[str, "str
         return {}
     found: dict[str, str | os.PathLike[str]] = {"the input model": protect}
     try:
+        if os.path.getsize(protect) > 64 << 20:  # weights inline: no external data to protect
+            return found
         ref = onnx.load(os.fspath(protect), load_external_data=False)
     except Exception:  # noqa: BLE001 - not readable: nothing more to protect
         return found
