@@ -152,3 +152,16 @@ def test_external_data_follows_the_umask_and_is_loadable(tmp_path):
     ref = runtime.make_session(_chain())
     feed = {"x": np.ones((1, 4), np.float32)}
     np.testing.assert_array_equal(runtime.run(s, feed)["y"], runtime.run(ref, feed)["y"])
+
+
+def test_outputs_never_replace_the_inputs_external_data_or_calibration(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    onnx.save(_chain(), "ext.onnx", save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    np.save("cal.npy", np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))
+    before = _snapshot(tmp_path)
+    for args in (["ext.onnx", "ext.onnx.data"], ["ext.onnx", "o.onnx", "--report", "ext.onnx.data"],
+                 ["ext.onnx", "o.onnx", "--calibration", "cal.npy", "--report", "cal.npy"]):
+        rc = cli.main(["optimize", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and "same file" in err, (args, err)
+        assert _snapshot(tmp_path) == before
