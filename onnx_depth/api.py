@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -61,6 +62,10 @@ def _check_args(latency_budget, max_error, lossless, calibration, check, threads
         raise InputError(f"--latency-budget must be a number > 0 (a fraction of the original latency, e.g. 0.7), got {latency_budget!r}")
     if max_error is not None and calibration is None:
         raise InputError("--max-error needs --calibration data: the error is measured on it")
+    if latency_budget is not None and not math.isfinite(float(latency_budget)):
+        raise InputError(f"--latency-budget must be a finite number > 0, got {latency_budget!r}")
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise InputError(f"--check must be a whole number of runs >= 0, got {check!r}")
     if check and lossy_goal:
         raise InputError("--check compares outputs exactly; with a budget the rewrite is lossy: fidelity on --calibration data is reported instead")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -185,7 +190,7 @@ def optimize(
             report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the calibration data")
     if check:
         samples = _shapes.check_samples(original, given, cal)
-        report.check = compare.compare_at_shapes(reference, out, samples, n_random=check, seed=seed)
+        report.check = _checked(reference, out, samples, check, seed, source_name)
         if not report.check.allclose:
             raise CheckFailed(f"rewritten model differs from the original: {report.check.summary()}")
     return OptimizeResult(out, report, plan)
@@ -232,6 +237,24 @@ def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     return m
+
+
+def _checked(reference, out, samples, n: int, seed: int, source_name: str) -> compare.Comparison:
+    """compare_at_shapes at every input (overridable initializers included) and every sampled
+    shape. onnxruntime failing to run the ORIGINAL model is a bad input (exit 2); failing on
+    ours only is our bug."""
+    try:
+        return compare.compare_at_shapes(reference, out, samples, n_random=n, seed=seed, overridable=True)
+    except Exception as e:  # noqa: BLE001 - sorted out below
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        try:
+            compare.compare_models(reference, reference, n_random=1, seed=seed, overridable=True)
+        except Exception as e2:  # noqa: BLE001
+            if type(e2).__module__.startswith("onnxruntime"):
+                first = str(e2).strip().splitlines()[0] if str(e2).strip() else type(e2).__name__
+                raise InputError(f"{source_name}: onnxruntime cannot run the input model: {first[:300]}") from None
+        raise
 
 
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,

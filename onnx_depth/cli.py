@@ -133,6 +133,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise InputError("--plot needs --latency-budget or --max-error (it shows the plans they consider)")
     if getattr(args, "plan_out", None) and not goal:
         raise InputError("--plan-out needs --latency-budget or --max-error (the plan is what they choose)")
+    _check_output_paths(args)
     res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check,
                        latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
                        provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
@@ -172,6 +173,44 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ort_files(output: str, out_dir: "str | None") -> dict[str, str]:
+    """The files --emit-ort will write (same naming as ort_format.emit_ort)."""
+    if not out_dir:
+        return {}
+    from .ort_format import planned_outputs
+
+    return {f"--emit-ort file {Path(p).name}": p for p in planned_outputs(output, out_dir)}
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Before any work: every output is a writable regular-file path, no two outputs are one
+    file and none is an input (safe_io); so a bad path costs nothing and destroys nothing."""
+    from . import safe_io
+    from .ir.exporter import protected_inputs
+
+    outputs = {"OUT": args.output}
+    for flag, attr in (("--report", "report"), ("--plan-out", "plan_out"), ("--plot", "plot")):
+        if getattr(args, attr, None):
+            outputs[flag] = getattr(args, attr)
+    for what, path in outputs.items():
+        safe_io.check_destination(path, what)
+    out_dir = getattr(args, "emit_ort", None)
+    if out_dir:
+        safe_io.check_directory(out_dir, "--emit-ort")
+        ort_files = _ort_files(args.output, out_dir)
+        if Path(out_dir).is_dir():
+            for what, path in ort_files.items():
+                safe_io.check_destination(path, what)
+        outputs.update(ort_files)
+    inputs: dict[str, str] = dict(protected_inputs(args.input))
+    if getattr(args, "latency_db", None):
+        safe_io.check_distinct({"--latency-db": args.latency_db}, protected_inputs(args.input))
+        inputs["the latency database"] = args.latency_db
+    if getattr(args, "calibration", None):
+        inputs["the calibration data"] = args.calibration
+    safe_io.check_distinct(outputs, inputs)
+
+
 def _plot(report, path: str, title: str) -> None:
     import math
 
@@ -186,12 +225,9 @@ def _plot(report, path: str, title: str) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    import os
+    from . import safe_io
 
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    safe_io.write_text(path, json.dumps(obj, indent=2, default=str), "plan")
 
 
 def _print_passes(passes: list[dict], show: int = 5) -> None:
@@ -246,6 +282,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnx-depth: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("onnx-depth: error: out of memory (the model or its inputs are too large for this machine)", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment (files, permissions, disk), not a bug
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"onnx-depth: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - never a traceback without --debug
         if args.debug:
             raise

@@ -121,16 +121,18 @@ def compare_models(
     atol: float = ATOL,
     optimization: str = "disabled",
     threads: int | None = None,
+    overridable: bool = False,
 ) -> Comparison:
     """Run both models with onnxruntime on the same inputs and compare all outputs.
 
     Without `feeds`, `n_random` random inputs are drawn from the reference model's input specs.
     Outputs are matched by name; the candidate must expose the same output names.
+    `overridable`: the random inputs also override the float initializers that are graph inputs.
     """
     s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
     s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
     if feeds is None:
-        feeds = runtime.random_feeds(s_ref, n_random, seed)
+        feeds = runtime.random_feeds(s_ref, n_random, seed, overridable=overridable)
     c = Comparison(rtol=rtol, atol=atol)
     names = runtime.output_names(s_ref)
     for feed in feeds:
@@ -149,16 +151,20 @@ def compare_at_shapes(
     atol: float = ATOL,
     optimization: str = "disabled",
     threads: int | None = None,
+    overridable: bool = False,
 ) -> Comparison:
     """`compare_models` at several input shapes (`samples`: onnx_depth.shapes.InputShapes, e.g.
     from `shapes.check_samples`): `n_random` random inputs of each. The reference failing to run
     at a shape is the user's shape question: InputError naming the shape (exit 2); the candidate
-    failing where the reference runs is a mismatch (allclose False, `failed_at` says where)."""
+    failing where the reference runs is a mismatch (allclose False, `failed_at` says where).
+    `overridable`: the float initializers that are graph inputs are fed random values too."""
     from .shapes import feed_at, run_error
 
     s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
     s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
     specs = runtime.input_specs(s_ref)
+    if overridable:
+        specs += [s for s in runtime.overridable_specs(s_ref) if np.issubdtype(s.dtype, np.floating)]
     c = Comparison(rtol=rtol, atol=atol)
     c.shapes = [s.describe() for s in samples]
     names = runtime.output_names(s_ref)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import onnx
 
+from . import safe_io
 from .errors import InputError, UnsupportedModel
 
 __all__ = ["OrtEmit", "OrtConversionError", "emit_ort", "parse_operator_config", "model_op_types"]
@@ -204,6 +205,15 @@ def _failure_line(output: str, staged: Path, src: Path) -> str:
     return line[:300]
 
 
+def planned_outputs(model_path: "str | os.PathLike[str]", out_dir: "str | os.PathLike[str]", style: str = "Fixed") -> tuple[str, str]:
+    """(ORT file, operator config) that `emit_ort` writes for `model_path` into `out_dir`."""
+    src = Path(model_path)
+    name = src.name[: -len(".onnx")] if src.name.lower().endswith(".onnx") else src.name
+    suffix = ".with_runtime_opt.ort" if style == "Runtime" else ".ort"
+    out = Path(out_dir)
+    return os.fspath(out / f"{name}{suffix}"), os.fspath(out / CONFIG_NAME)
+
+
 def emit_ort(
     model_path: "str | os.PathLike[str]",
     out_dir: "str | os.PathLike[str]",
@@ -228,11 +238,14 @@ def emit_ort(
     src = Path(model_path)
     if not src.is_file():
         raise InputError(f"{src}: no such file")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    name = src.name[: -len(".onnx")] if src.name.lower().endswith(".onnx") else src.name
+    out = safe_io.check_directory(out_dir, "ORT output directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out}: cannot create the ORT output directory ({e.strerror})") from None
+    ort_path, config_path = (Path(p) for p in planned_outputs(src, out, style))
+    for p in (ort_path, config_path):
+        safe_io.check_destination(p, "ORT output")
     suffix = ".with_runtime_opt.ort" if style == "Runtime" else ".ort"
 
     with tempfile.TemporaryDirectory(prefix=".onnx-depth-ort-", dir=out) as tmp:
@@ -254,11 +267,11 @@ def emit_ort(
         if proc.returncode != 0 or not produced.is_file() or not config.is_file():
             why = _failure_line(proc.stdout + "\n" + proc.stderr, staged, src) if proc.returncode != 0 else "converter wrote no output"
             raise OrtConversionError(f"{src}: onnxruntime could not convert it to ORT format: {why}")
-        ort_path = out / f"{name}{suffix}"
-        config_path = out / CONFIG_NAME
-        os.replace(produced, ort_path)
         text = config.read_text().replace(os.fspath(produced.resolve()), os.fspath(ort_path.resolve()))
-        config_path.write_text(text)
+        safe_io.check_destination(ort_path, "ORT output")
+        os.chmod(produced, safe_io.file_mode())
+        os.replace(produced, ort_path)  # a fresh file of the converter's, in a private folder under `out`
+        safe_io.write_text(config_path, text, "ORT operator config")
 
     dropped: list[str] = []
     if original is not None:

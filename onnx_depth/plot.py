@@ -53,13 +53,14 @@ def _finite(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _save(fig, path: "str | os.PathLike[str]") -> Path:
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise InputError(f"{out.parent}: output directory does not exist")
+    from . import safe_io
+
+    out = safe_io.check_destination(path, "plot")
     fmt = out.suffix.lower().lstrip(".") or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
         raise InputError(f"{out}: unsupported plot format .{fmt} (use .png, .svg or .pdf)")
-    fig.savefig(os.fspath(out), format=fmt, dpi=fig.dpi)
+    with safe_io.atomic_open(out, "wb", "plot") as f:
+        fig.savefig(f, format=fmt, dpi=fig.dpi)
     return out
 
 

@@ -120,10 +120,9 @@ class Report:
         return d
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=_jsonable)
-        os.replace(tmp, path)
+        from . import safe_io
+
+        safe_io.write_text(path, json.dumps(self.to_dict(), indent=2, default=_jsonable), "report")
 
 
 def _jsonable(o: Any) -> Any:

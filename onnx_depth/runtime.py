@@ -17,7 +17,9 @@ import onnxruntime as ort
 
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
 
-ort.set_default_logger_severity(3)  # keep ORT warnings (e.g. from constant folding) off the terminal
+# ORT's own log lines stay off the terminal (4 = fatal only): warnings from constant folding and
+# "[E:onnxruntime:...]" lines for a failing run; the error reaches the user as our one-line message.
+ort.set_default_logger_severity(4)
 
 OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -69,7 +71,7 @@ def session_options(
         raise ValueError(f"unknown optimization level {optimization!r}; one of {sorted(OPT_LEVELS)}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     if threads is not None:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -110,6 +112,14 @@ def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:
     ]
 
 
+def overridable_specs(session: ort.InferenceSession) -> list[TensorSpec]:
+    """Initializers that are also graph inputs (IR >= 4): a caller may feed them."""
+    return [
+        TensorSpec(i.name, tuple(i.shape), np.dtype(_ORT_TYPES.get(i.type, np.float32)))
+        for i in session.get_overridable_initializers()
+    ]
+
+
 def output_names(session: ort.InferenceSession) -> list[str]:
     return [o.name for o in session.get_outputs()]
 
@@ -138,19 +148,25 @@ def random_feed(
     for s in specs:
         shape = concrete_shape(s, dims)
         if np.issubdtype(s.dtype, np.floating):
-            feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+            value = rng.standard_normal(shape)
         elif s.dtype == np.bool_:
-            feed[s.name] = rng.random(shape) < 0.5
+            value = rng.random(shape) < 0.5
         else:
-            feed[s.name] = rng.integers(0, 8, size=shape).astype(s.dtype)
+            value = rng.integers(0, 8, size=shape)
+        feed[s.name] = np.asarray(value, dtype=s.dtype)  # an array even for scalars (shape ())
     return feed
 
 
 def random_feeds(
-    session: ort.InferenceSession, n: int, seed: int = 0, dims: Mapping[str, int] | None = None
+    session: ort.InferenceSession, n: int, seed: int = 0, dims: Mapping[str, int] | None = None,
+    overridable: bool = False,
 ) -> list[dict[str, np.ndarray]]:
+    """`n` random feeds; with `overridable`, floating-point overridable initializers are fed
+    random values too (integer ones, often shapes or indices, keep their stored value)."""
     rng = np.random.default_rng(seed)
     specs = input_specs(session)
+    if overridable:
+        specs += [s for s in overridable_specs(session) if np.issubdtype(s.dtype, np.floating)]
     return [random_feed(specs, rng, dims) for _ in range(n)]
 
 

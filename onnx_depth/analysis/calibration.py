@@ -376,7 +376,28 @@ def from_arrays(data, model, *, origin: str = "<arrays>") -> Calibration:
             raise InputError(f"{origin}: array {k!r} is a scalar, not a batch of samples")
         src = _ArraySource(a, k)
         sources[k] = _wrap(src, by_name[k]) if k in by_name else src
-    return Calibration(specs, sources, origin=origin)
+    return reject_non_finite(Calibration(specs, sources, origin=origin))
+
+
+def reject_non_finite(cal: Calibration, chunk: int = 256) -> Calibration:
+    """Refuse calibration data holding NaN or +-Inf (InputError, exit 2): every criterion and
+    fidelity measure computed on it would be meaningless (NaN compares false, so every
+    activation looks "linear"). Streams the data in chunks of `chunk` samples; returns `cal`."""
+    floats = [s for s in cal.specs if np.issubdtype(s.dtype, np.floating)]
+    if not floats:
+        return cal
+    pos = 0
+    for feed in cal.batches(chunk):
+        for s in floats:
+            a = feed[s.name]
+            bad = ~np.isfinite(a)
+            if bad.any():
+                row = pos + int(np.argwhere(bad)[0][0])
+                kind = "NaN" if np.isnan(a[bad]).any() else "Inf"
+                raise InputError(f"{cal.origin}: input {s.name!r} holds {kind} (first at sample {row}, "
+                                 f"{int(bad.sum())} non-finite value(s) in that batch); clean the data first")
+        pos += len(next(iter(feed.values()))) if feed else 0
+    return cal
 
 
 def _npz_sources(path: Path) -> dict[str, _Source]:
@@ -413,7 +434,11 @@ def _npy_source(path: Path, label: str) -> _Source:
 
 def load_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
     """Open calibration data at ``path`` (.npz, .npy, or a folder of .npy/.npz) for ``model``
-    (ModelProto, path, Graph, session or a list of TensorSpec)."""
+    (ModelProto, path, Graph, session or a list of TensorSpec); NaN/Inf refused."""
+    return reject_non_finite(_open_calibration(path, model))
+
+
+def _open_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
     p = Path(path)
     specs = model_input_specs(model)
     by_name = {s.name: s for s in specs}

@@ -2,19 +2,18 @@
 
 The emitted model keeps the input's ir_version and opsets (onnx 1.23 would write IR 14, which
 onnxruntime 1.31 refuses), lists nodes in topological order, drops unused initializers and stale
-value_info, and passes onnx.checker. Files are written atomically (temporary file in the target
-directory, then rename); models over 2 GB go to external data next to the output.
+value_info, and passes onnx.checker. Files are written through onnx_depth.safe_io (atomic, regular
+files only, the user's umask); models over 2 GB go to external data next to the output.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
-from ..errors import InputError
+from .. import safe_io
 from .graph import Graph
 
 _PROTO_LIMIT = 2**31 - 1
@@ -73,42 +72,72 @@ def save(
     protect: "str | os.PathLike[str] | None" = None,
     external_threshold: int = _PROTO_LIMIT,
 ) -> Path:
-    """Write `model` to `path` atomically. Refuses to overwrite `protect` (the input file).
+    """Write `model` to `path` atomically (onnx_depth.safe_io: regular files only, no symlinks,
+    the user's umask). Refuses to overwrite `protect` (the input file) or its external data.
 
     Models of `external_threshold` bytes or more (default: protobuf's 2 GB limit) are written
-    with external data (`<name>.data` beside the file).
+    with external data (`<name>.data` beside the file, every initializer).
     """
-    out = Path(path)
-    if protect is not None and out.exists() and Path(protect).exists() and out.resolve() == Path(protect).resolve():
-        raise InputError(f"{out}: refusing to overwrite the input model; choose another output path")
-    directory = out.parent if str(out.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"{directory}: output directory does not exist")
+    out = safe_io.check_destination(path, "output model")
     large = model.ByteSize() >= external_threshold
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    data_path = out.with_name(out.name + ".data") if large else None
+    outputs = {"the output model": out, "its external data": data_path}
+    safe_io.check_distinct(outputs, protected_inputs(protect))
+    with safe_io.AtomicGroup() as group:
         if large:
-            data_name = out.name + ".data"
-            tmp_data = directory / f".{data_name}.tmp"
             m = onnx.ModelProto()
-            m.CopyFrom(model)  # onnx.save_model would turn the caller's tensors into references
-            onnx.save_model(m, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=0)
-            # the model refers to the data file by name: point it at the final name
-            for t in m.graph.initializer:
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            onnx.save_model(m, tmp)
-            os.replace(tmp_data, directory / data_name)
+            m.CopyFrom(model)  # the caller's tensors stay inline
+            with group.open(data_path, "wb", "external data") as f:
+                _externalize(m, f, data_path.name)
+            blob = m.SerializeToString()
         else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            blob = model.SerializeToString()
+        with group.open(out, "wb", "output model") as f:
+            f.write(blob)
     return out
+
+
+def protected_inputs(protect: "str | os.PathLike[str] | None") -> dict[str, "str | os.PathLike[str]"]:
+    """The input model and the external data files it refers to."""
+    if protect is None:
+        return {}
+    found: dict[str, str | os.PathLike[str]] = {"the input model": protect}
+    try:
+        if os.path.getsize(protect) > 64 << 20:  # weights inline: no external data to protect
+            return found
+        ref = onnx.load(os.fspath(protect), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable: nothing more to protect
+        return found
+    base = os.path.dirname(os.fspath(protect))
+    for t in ref.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                found[f"the input's external data {e.value}"] = os.path.join(base, e.value)
+    return found
+
+
+def _externalize(m: onnx.ModelProto, f, location: str, threshold: int = 0) -> None:
+    """Move every initializer of `threshold` bytes or more into the open file `f` (4 KiB aligned
+    offsets, the layout onnx.save_model writes)."""
+    from onnx import numpy_helper
+
+    offset = 0
+    for t in m.graph.initializer:
+        if not t.HasField("raw_data"):
+            if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+                continue
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+        raw = t.raw_data
+        if len(raw) < threshold:
+            continue
+        pad = (-offset) % 4096
+        f.write(b"\0" * pad)
+        offset += pad
+        f.write(raw)
+        t.ClearField("raw_data")
+        del t.external_data[:]
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        t.data_location = onnx.TensorProto.EXTERNAL
+        offset += len(raw)

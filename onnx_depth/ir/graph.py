@@ -144,9 +144,14 @@ class Graph:
         """Point every consumer of tensor `old` at `new`. Graph outputs are not renamed."""
         n = 0
         for cid, slot in list(self._consumers.get(old, [])):
+            node = self.node(cid)
             if slot >= 0:
-                self.set_input(self.node(cid), slot, new)
-                n += 1
+                self.set_input(node, slot, new)
+            else:  # read from the outer scope by a subgraph (If/Loop/Scan body)
+                self._unlink_input(node, slot, old)
+                node.rename_outer(old, new)
+                self._link_input(node, slot, new)
+            n += 1
         return n
 
     def replace_chain(self, old: Iterable[Node], new: Iterable[Node]) -> list[Node]:

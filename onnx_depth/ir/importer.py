@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,53 @@ def read_model(source: "onnx.ModelProto | str | os.PathLike[str]", *, check: boo
             raise InputError(f"{path}: not an ONNX model (no graph, opset or IR version)")
         base_dir = str(path.parent)
     if check:
+        where = source if not isinstance(source, onnx.ModelProto) else "model"
+        if not model.graph.output:
+            raise InputError(f"{where}: the graph has no outputs (nothing to compute)")
+        if base_dir is not None:
+            _check_external_data(model, base_dir, where)
         _check(model, source)
     return model, base_dir
 
 
+def _check_external_data(model: onnx.ModelProto, base_dir: str, where: object) -> None:
+    """Every external tensor's file exists, is a regular file and holds offset + length bytes
+    (a truncated or short data file is a bad input, found before anything reads it)."""
+    sizes: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if not onnx.external_data_helper.uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        full = os.path.join(base_dir, loc)
+        if loc not in sizes:
+            try:
+                st = os.stat(full)
+            except OSError:
+                raise InputError(f"{where}: external data file {loc!r} of tensor {t.name!r} is missing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{where}: external data {loc!r} of tensor {t.name!r} is not a regular file")
+            sizes[loc] = st.st_size
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise InputError(f"{where}: tensor {t.name!r} has a bad external data offset/length") from None
+        need = int(np.prod(list(t.dims), dtype=np.int64))
+        try:
+            need *= np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            need = 0
+        end = offset + (length if length is not None else need)
+        if offset < 0 or end > sizes[loc] or (length is not None and need and length < need):
+            raise InputError(f"{where}: external data file {loc!r} is truncated or too short for tensor "
+                             f"{t.name!r} (needs bytes {offset}..{end}, file has {sizes[loc]})")
+
+
 def _check(model: onnx.ModelProto, source: object) -> None:
+    """onnx.checker with full (strict) shape inference: a model whose shapes do not infer
+    (non-broadcasting operands, wrong-rank weights, lying value_info) is a bad input, not
+    something to find out when the rewritten model is emitted."""
     where = source if not isinstance(source, onnx.ModelProto) else "model"
     try:
         if isinstance(source, (str, os.PathLike)) and _has_external_data(model):
@@ -70,6 +113,11 @@ def _check(model: onnx.ModelProto, source: object) -> None:
             onnx.checker.check_model(model, full_check=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         raise InputError(f"{where}: fails the ONNX checker: {_first_line(e)}") from e
+    if model.ByteSize() < _PROTO_LIMIT:
+        try:
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+            raise InputError(f"{where}: fails ONNX shape inference: {_first_line(e)}") from e
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:
@@ -119,15 +167,129 @@ def _constant_value(n: onnx.NodeProto) -> onnx.TensorProto | None:
 
 # ---------------------------------------------------------------------- folding
 def _foldable_nodes(model: onnx.ModelProto) -> bool:
-    consts = {t.name for t in model.graph.initializer}
-    if model.ir_version >= 4:  # IR >= 4: an initializer that is also an input is overridable
-        consts -= {i.name for i in model.graph.input}
+    consts = {t.name for t in model.graph.initializer} - overridable_initializers(model)
     for n in model.graph.node:
         if n.op_type in _NONDETERMINISTIC or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             continue
         if all(i in consts for i in n.input if i):
             return True
     return False
+
+
+def overridable_initializers(model: onnx.ModelProto) -> set[str]:
+    """IR >= 4: initializers that are also graph inputs; a caller may feed them, so they are
+    inputs with a default value, never constants (nothing depending on them is folded)."""
+    if model.ir_version < 4:
+        return set()
+    inputs = {i.name for i in model.graph.input}
+    return {t.name for t in model.graph.initializer if t.name in inputs}
+
+
+def _hide_overridable(work: onnx.ModelProto) -> None:
+    """Drop overridable initializers from the copy graphsurgeon folds: they stay graph inputs
+    (variables), so no value computed from them can become a constant."""
+    names = overridable_initializers(work)
+    if names:
+        keep = [t for t in work.graph.initializer if t.name not in names]
+        del work.graph.initializer[:]
+        work.graph.initializer.extend(keep)
+
+
+# ---------------------------------------------------------------------- sizes
+def max_tensor_bytes() -> int:
+    """Largest tensor (bytes) a model may need at batch 1 before we refuse to evaluate it
+    (folding, --check, calibration); $ONNX_DEPTH_MAX_TENSOR_BYTES, default 2 GiB."""
+    try:
+        return int(os.environ.get("ONNX_DEPTH_MAX_TENSOR_BYTES", 1 << 31))
+    except ValueError:
+        raise InputError("ONNX_DEPTH_MAX_TENSOR_BYTES must be an integer number of bytes") from None
+
+
+def tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
+    """Bytes of a tensor from its inferred type (symbolic dims count as 1), None if unknown."""
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    t = vi.type.tensor_type
+    n = 1
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            n *= max(int(d.dim_value), 0)
+        elif not d.HasField("dim_param"):
+            return None
+    try:
+        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        item = 8
+    return n * max(item, 1)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _size_barriers(work: onnx.ModelProto) -> set[str]:
+    """Outputs of nodes that graphsurgeon must not evaluate: inferred larger than
+    FOLD_SIZE_LIMIT, or of unknown size (a ConstantOfShape/Expand/Tile/Range could be anything).
+    Decided from shape inference BEFORE anything is evaluated; excluding a node also keeps its
+    consumers unfolded."""
+    inferred = infer_shapes(work)  # returns a new model; `work` is our copy anyway
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    barriers: set[str] = set()
+    for n in work.graph.node:
+        for o in n.output:
+            if not o:
+                continue
+            b = tensor_bytes(known[o]) if o in known else None
+            if b is None or b > FOLD_SIZE_LIMIT:
+                barriers.add(o)
+    return barriers
+
+
+def check_tensor_sizes(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse (InputError, exit 2) a model whose inferred tensors need more than
+    max_tensor_bytes() at batch 1: evaluating it (--check, calibration, profiling) would
+    exhaust memory. Uses shapes already inferred into `model`; evaluates nothing."""
+    limit = max_tensor_bytes()
+    g = model.graph
+    for v in list(g.value_info) + list(g.output) + list(g.input):
+        b = tensor_bytes(v)
+        if b is not None and b > limit:
+            raise InputError(f"{where}: tensor {v.name!r} would need {_human_bytes(b)} (over the "
+                             f"{_human_bytes(limit)} limit, $ONNX_DEPTH_MAX_TENSOR_BYTES); refusing to evaluate it")
+
+
+def check_channels(model: onnx.ModelProto, where: object = "model") -> None:
+    """What onnx shape inference lets through but onnxruntime refuses at run time: a Conv whose
+    input channels are not weight channels x group, a PRelu slope that does not broadcast to
+    its input (static shapes only). InputError (exit 2)."""
+    g = model.graph
+    shapes: dict[str, list[int | None]] = {}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    for n in g.node:
+        if n.op_type == "Conv" and len(n.input) > 1:
+            x, w = shapes.get(n.input[0]), shapes.get(n.input[1])
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            if x and w and len(x) >= 2 and len(w) >= 2 and x[1] and w[1] and x[1] != w[1] * group:
+                raise InputError(f"{where}: Conv {n.name or n.output[0]!r}: input has {x[1]} channels, weight expects "
+                                 f"{w[1]} x group {group} = {w[1] * group}")
+        elif n.op_type == "PRelu" and len(n.input) > 1:
+            x, sl = shapes.get(n.input[0]), shapes.get(n.input[1])
+            if x and sl is not None and all(d for d in x) and all(d for d in sl):
+                try:
+                    ok = np.broadcast_shapes(tuple(x), tuple(sl)) == tuple(x)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise InputError(f"{where}: PRelu {n.name or n.output[0]!r}: slope shape {tuple(sl)} does not "
+                                     f"broadcast to the input shape {tuple(x)}")
 
 
 def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
@@ -154,9 +316,15 @@ def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     if work.ByteSize() >= _PROTO_LIMIT:
         log.warning("model over 2 GB: constant folding skipped")
         return 0
+    _hide_overridable(work)
+    barriers = _size_barriers(work)
+    if barriers:
+        log.info("constant folding: %d tensor(s) left unfolded (over %s or of unknown size), e.g. %s",
+                    len(barriers), _human_bytes(FOLD_SIZE_LIMIT), sorted(barriers)[0])
     try:
         gg = gs.import_onnx(work)
-        gg.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True)
+        gg.fold_constants(size_threshold=FOLD_SIZE_LIMIT, error_ok=True,
+                          should_exclude_node=lambda node: any(o.name in barriers for o in node.outputs))
     except Exception as e:  # graphsurgeon/ORT failing on an exotic graph must not stop us
         log.warning("constant folding skipped: %s", _first_line(e))
         return 0
@@ -262,6 +430,10 @@ def load(
     if shapes:
         _list_initializers_as_inputs(model)
         model = infer_shapes(model)
+        where = source if isinstance(source, (str, os.PathLike)) else "model"
+        check_tensor_sizes(model, where)
+        if check:
+            check_channels(model, where)
     return from_proto(model, base_dir)
 
 

@@ -47,6 +47,19 @@ class Node:
     def has_subgraphs(self) -> bool:
         return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in self.attributes.values())
 
+    def rename_outer(self, old: str, new: str) -> None:
+        """Make the subgraphs read outer-scope tensor `new` where they read `old` (only in
+        subgraphs where `old` is free, i.e. not defined locally, so nothing is shadowed)."""
+        for key, a in list(self.attributes.items()):
+            if a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                continue
+            c = onnx.AttributeProto()
+            c.CopyFrom(a)
+            for g in ([c.g] if c.type == onnx.AttributeProto.GRAPH else list(c.graphs)):
+                _rename_free(g, old, new)
+            self.attributes[key] = c
+        self.implicit_inputs = [new if t == old else t for t in self.implicit_inputs]
+
     @property
     def label(self) -> str:
         """Name for messages: the ONNX name if any, else op type and first output."""
@@ -109,3 +122,18 @@ def _graph_free_names(g: onnx.GraphProto) -> set[str]:
         defined.update(n.output)
     used.update(o.name for o in g.output)
     return used - defined
+
+
+def _rename_free(g: onnx.GraphProto, old: str, new: str) -> None:
+    if old not in _graph_free_names(g):
+        return
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == old:
+                n.input[i] = new
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []):
+                _rename_free(sub, old, new)
+    for o in g.output:
+        if o.name == old:  # a branch output that is the outer tensor itself
+            o.name = new

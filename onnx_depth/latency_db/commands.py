@@ -120,6 +120,12 @@ def run_profile(args: argparse.Namespace) -> int:
             res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet))
     except LatencyDBError as e:
         return _err_profile(str(e))
+    except Exception as e:  # noqa: BLE001 - onnxruntime refusing the INPUT model at the profiled shapes
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return _err_profile(f"onnxruntime cannot run {args.model} at the shapes it is profiled at "
+                            f"(symbolic dims are set to 1): {first[:300]}")
     if not quiet:
         floors = sorted(e.floor_ms for e in res.entries.values() if e.floor_ms is not None)
         if floors:

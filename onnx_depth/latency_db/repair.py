@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,9 +264,27 @@ def repair(path: str | os.PathLike[str] | None = None, *, force: bool = False) -
         if n is not None:
             return RepairResult(os.fspath(path), False, n, 0, 0, None)
     entries, fps, lost, bad_pages = scan(path)
-    tmp = path.with_name(path.name + ".repair-tmp")
-    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        p.unlink(missing_ok=True)
+    if not entries and not fps and not _looks_like_ours(path):
+        raise LatencyDBError(f"{path} is not an onnx-depth latency database (nothing to salvage); "
+                             "left untouched")
+    with tempfile.TemporaryDirectory(prefix=".onnx-depth-repair-", dir=path.parent) as work:
+        return _rebuild(path, Path(work) / "fresh.sqlite", entries, fps, lost, bad_pages)
+
+
+def _looks_like_ours(path: Path) -> bool:
+    """The file (or its WAL) holds our schema text: a damaged latency DB, not somebody's file."""
+    for p in (path, Path(os.fspath(path) + "-wal")):
+        try:
+            if b"CREATE TABLE entries" in p.read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _rebuild(path: Path, tmp: Path, entries, fps, lost: int, bad_pages: int) -> RepairResult:
+    """Write the salvaged rows into a fresh file `tmp` (in a private folder beside `path`), keep
+    the damaged file as `<path>.corrupt[.N]` and move the fresh file over `path`."""
     with LatencyStore(tmp) as fresh:
         fresh.put_many([(fp, sig, e) for (fp, sig), e in entries.items()])
         with fresh._write() as c:  # noqa: SLF001 - same package
@@ -279,7 +298,7 @@ def repair(path: str | os.PathLike[str] | None = None, *, force: bool = False) -
         fresh._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # noqa: SLF001
     backup = path.with_name(path.name + ".corrupt")
     n = 1
-    while backup.exists():  # never overwrite the backup of an earlier repair
+    while backup.exists() or backup.is_symlink():  # never overwrite (or write through) an earlier backup
         backup, n = path.with_name(f"{path.name}.corrupt.{n}"), n + 1
     shutil.copy2(path, backup)
     for suffix in ("-wal", "-shm"):

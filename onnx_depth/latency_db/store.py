@@ -71,12 +71,12 @@ class LatencyDBError(OnnxDepthError):
 class LatencyDBCorrupt(LatencyDBError):
     """The database file is not a database or is damaged; `repair` can salvage it."""
 
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], detail: str, *, force: bool = False) -> None:
         self.path = os.fspath(path)
         self.detail = " ".join(str(detail).split())
         super().__init__(
             f"latency database {self.path} is corrupt ({self.detail}); "
-            f"run `onnx-depth db repair --latency-db {self.path}`"
+            f"run `onnx-depth db repair{' --force' if force else ''} --latency-db {self.path}`"
         )
 
 
@@ -170,9 +170,16 @@ class LatencyStore:
         if not self.path.exists():
             if not create:
                 raise LatencyDBError(f"no latency database at {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LatencyDBError(f"cannot create the folder of latency database {self.path}: {e.strerror}") from None
+            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise LatencyDBError(f"cannot create latency database {self.path}: folder {self.path.parent} is not writable")
         elif self.path.is_dir():
             raise LatencyDBError(f"latency database path {self.path} is a directory")
+        elif not self.path.is_file():
+            raise LatencyDBError(f"latency database path {self.path} is not a regular file")
         self._check_header()
         try:
             self._conn = sqlite3.connect(os.fspath(self.path), timeout=BUSY_TIMEOUT_MS / 1000,
@@ -205,6 +212,8 @@ class LatencyStore:
             yield
         except LatencyDBError:
             raise
+        except UnicodeDecodeError as e:  # a damaged schema page (sqlite_master text is not UTF-8)
+            raise LatencyDBCorrupt(self.path, f"unreadable schema: {e.reason}", force=True) from None
         except sqlite3.DatabaseError as e:
             if _is_corruption(e):
                 raise LatencyDBCorrupt(self.path, str(e)) from None
@@ -237,6 +246,18 @@ class LatencyStore:
         c.execute("PRAGMA secure_delete = ON")
         c.execute("PRAGMA synchronous = NORMAL")
         version = c.execute("PRAGMA user_version").fetchone()[0]
+        # Read-only checks first: a foreign or damaged file is refused before anything (WAL
+        # mode, page size, migrations) is written to it.
+        if version == 0:
+            self._refuse_foreign(c)
+        if check:
+            problems = [r[0] for r in c.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise LatencyDBCorrupt(self.path, "; ".join(problems)[:200])
+        if version > SCHEMA_VERSION:
+            raise LatencyDBError(
+                f"latency database {self.path} has schema v{version}, newer than this onnx-depth "
+                f"(v{SCHEMA_VERSION}); upgrade onnx-depth or use another --latency-db")
         if version == 0:
             c.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect on an empty file
         if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -248,26 +269,22 @@ class LatencyStore:
                     if "locked" not in str(e) and "busy" not in str(e):
                         raise
                     time.sleep(0.01 * (attempt + 1))
-        if check:
-            problems = [r[0] for r in c.execute("PRAGMA quick_check(5)").fetchall()]
-            if problems != ["ok"]:
-                raise LatencyDBCorrupt(self.path, "; ".join(problems)[:200])
-        if version > SCHEMA_VERSION:
-            raise LatencyDBError(
-                f"latency database {self.path} has schema v{version}, newer than this onnx-depth "
-                f"(v{SCHEMA_VERSION}); upgrade onnx-depth or use another --latency-db")
         if version < SCHEMA_VERSION:
             self._migrate()
+
+    def _refuse_foreign(self, c: sqlite3.Connection) -> None:
+        """Schema v0 with tables: somebody else's SQLite file (read-only check)."""
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        if tables:
+            raise LatencyDBError(
+                f"{self.path} is an SQLite database but not an onnx-depth latency "
+                f"database (tables: {', '.join(sorted(tables))})")
 
     def _migrate(self) -> None:
         with self._write() as c:
             version = c.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
             if version == 0:
-                tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-                if tables:
-                    raise LatencyDBError(
-                        f"{self.path} is an SQLite database but not an onnx-depth latency "
-                        f"database (tables: {', '.join(sorted(tables))})")
+                self._refuse_foreign(c)
             for target, _what, statements in MIGRATIONS:
                 if target > version:
                     for sql in statements:
@@ -309,7 +326,7 @@ class LatencyStore:
             row = self._conn.execute(
                 f"SELECT {', '.join(ENTRY_COLUMNS)} FROM entries WHERE fingerprint = ? AND signature = ?",
                 (_fp_key(fingerprint), signature)).fetchone()
-        return None if row is None else Entry(*row)
+        return None if row is None else _entry_or_none(row)
 
     def put(self, fingerprint: "Fingerprint | str", signature: str, entry: Entry) -> None:
         """Insert or replace the entry (a Fingerprint object also records its details)."""
@@ -327,7 +344,9 @@ class LatencyStore:
         with self._errors():
             rows = self._conn.execute(sql + " ORDER BY fingerprint, signature", params).fetchall()
         for row in rows:
-            yield row[0], row[1], Entry(*row[2:])
+            e = _entry_or_none(row[2:])
+            if e is not None:
+                yield row[0], row[1], e
 
     def fingerprints(self) -> dict[str, dict[str, Any]]:
         """Known fingerprint details by key (only those recorded from Fingerprint objects)."""
@@ -374,13 +393,22 @@ class LatencyStore:
     # ---- export / import ------------------------------------------------------------------
     def export(self, path: str | os.PathLike[str]) -> int:
         """Write all entries to `path` (.json or .csv); returns the number of entries."""
+        from .. import safe_io
+        from ..errors import InputError
+
         path = Path(path)
         kind = _file_kind(path)
+        try:
+            safe_io.check_destination(path, "export file")
+            safe_io.check_distinct({"the export file": path}, {
+                "the latency database": self.path, "its WAL file": Path(f"{self.path}-wal"),
+                "its shared-memory file": Path(f"{self.path}-shm")})
+        except InputError as e:
+            raise LatencyDBError(str(e)) from None
         rows = [_row_dict(fp, sig, e) for fp, sig, e in self.entries()]
         details = self.fingerprints()
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
+            with safe_io.atomic_open(path, "w", "export file", newline="", encoding="utf-8") as f:
                 if kind == "json":
                     json.dump({"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION,
                                "fingerprints": details, "entries": rows}, f, indent=1)
@@ -392,11 +420,8 @@ class LatencyStore:
                         d = details.get(r["fingerprint"])
                         w.writerow({**{k: "" if v is None else v for k, v in r.items()},
                                     "fingerprint_details": json.dumps(d, sort_keys=True) if d else ""})
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise LatencyDBError(f"cannot write {path}: {e.strerror}") from None
+        except InputError as e:
+            raise LatencyDBError(str(e)) from None
         return len(rows)
 
     def import_(self, path: str | os.PathLike[str]) -> int:
@@ -430,6 +455,16 @@ class LatencyStore:
     def _record_fingerprint(c: sqlite3.Connection, key: str, details: dict[str, Any], when: str) -> None:
         c.execute("INSERT OR IGNORE INTO fingerprints (key, details, first_seen) VALUES (?, ?, ?)",
                   (key, json.dumps(details, sort_keys=True), when))
+
+
+def _entry_or_none(row: Sequence[Any]) -> Entry | None:
+    """An Entry from a stored row, or None for a row with unusable values (NaN/negative/text
+    latency written by another tool): it is ignored, as if not measured (profiling measures
+    it again and replaces the row)."""
+    try:
+        return Entry(*row)
+    except (LatencyDBError, TypeError, ValueError):
+        return None
 
 
 def astuple_entry(e: Entry) -> tuple[Any, ...]:

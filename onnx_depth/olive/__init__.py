@@ -55,9 +55,9 @@ def package_config(include_olive_passes: bool = True) -> dict[str, Any]:
 
 def write_package_config(path: "str | os.PathLike[str]", include_olive_passes: bool = True) -> Path:
     """Write `package_config()` to `path` (for `olive run --package-config PATH`)."""
-    out = Path(path)
-    out.write_text(json.dumps(package_config(include_olive_passes), indent=4) + "\n")
-    return out
+    from .. import safe_io
+
+    return safe_io.write_text(path, json.dumps(package_config(include_olive_passes), indent=4) + "\n", "package config")
 
 
 def run_workflow(config: "dict | str | os.PathLike[str]", **kwargs: Any):

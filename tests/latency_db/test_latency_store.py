@@ -278,11 +278,13 @@ def test_damaged_page_salvages_the_rest(tmp_path: Path) -> None:
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     path.write_text("this is a text file, not a database, but long enough to have a header " * 5)
+    before = path.read_bytes()
     _assert_corrupt_message(path)
-    result = repair(path)
-    assert result.salvaged == 0 and result.needed
-    with LatencyStore(path) as s:
-        assert s.stats()["entries"] == 0
+    # issue 13 item 9: a file that is not a latency DB (nothing to salvage) is refused and left as it was
+    for force in (False, True):
+        with pytest.raises(LatencyDBError, match="not an onnx-depth latency database"):
+            repair(path, force=force)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.corrupt*"))
     with pytest.raises(LatencyDBError, match="no latency database"):
         repair(tmp_path / "missing.sqlite")
 
@@ -311,6 +313,11 @@ def test_repair_reads_committed_wal_frames(tmp_path: Path) -> None:
 def test_second_repair_keeps_first_backup(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     for _ in range(2):
-        path.write_bytes(b"garbage" * 100)
-        repair(path)
+        with LatencyStore(path) as s:
+            s.put("fp", "sig", _entry(1))
+            s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = bytearray(path.read_bytes())
+        data[:16] = b"garbage garbage!"  # damaged header: a latency DB that repair can salvage
+        path.write_bytes(bytes(data))
+        assert repair(path).salvaged == 1
     assert (tmp_path / "db.sqlite.corrupt").exists() and (tmp_path / "db.sqlite.corrupt.1").exists()
