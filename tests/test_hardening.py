@@ -329,6 +329,7 @@ def test_item12_memory_error_in_check_is_exit_2(tmp_path, capsys, monkeypatch):
         raise MemoryError()
 
     monkeypatch.setattr(compare, "compare_models", boom)
+    monkeypatch.setattr(compare, "compare_at_shapes", boom)  # --check's entry point (several shapes)
     rc, err = _cli(capsys, "optimize", _save(tmp_path, _chain()), tmp_path / "o.onnx", "--check", "1")
     assert rc == 2 and "out of memory" in err
 
