@@ -159,7 +159,7 @@ def optimize(
     if outcome is not None:
         report, plan = _budget_report(outcome, env, source_name, before, results, latency_budget, max_error, threads,
                                       provider, budget_tolerance, after=metrics.model_stats(graph))
-        if cal is None:
+        if cal is None and outcome.changed():
             diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
                              "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
     else:

@@ -264,19 +264,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         argv = ["optimize", str(src), str(dst), "--latency-budget", f"{args.budget:g}", "--threads", str(args.threads),
                 "--latency-db", str(db), "--allow-over-budget", "--report", str(out_dir / "report.json"),
                 "--plan-out", str(out_dir / "plan.json")]
-        print(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
+        quiet = bool(getattr(args, "quiet", False))
+        say = (lambda *a: None) if quiet else print
+        say(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
         save(build(args.model, bn="keep"), src)
-        print("onnx-depth " + " ".join(argv))
-        print("(profiles every candidate segment with onnxruntime into the latency DB, picks merges with the LayerMerge "
-              "DP, applies them and measures the result against the original; random weights, so no calibration data: "
-              "the fidelity cost is a data-free guess)")
+        say("onnx-depth " + " ".join(argv))
+        say("(profiles every candidate segment with onnxruntime into the latency DB, picks merges with the LayerMerge "
+            "DP, applies them and measures the result against the original; random weights, so no calibration data: "
+            "the fidelity cost is a data-free guess)")
         ns = build_parser().parse_args(argv)
-        ns.quiet = bool(getattr(args, "quiet", False))
+        ns.quiet = quiet
         return _cmd_optimize(ns)
     finally:
         if not keep:
             shutil.rmtree(out_dir, ignore_errors=True)
-            print(f"removed the temporary folder {out_dir} (--out DIR keeps the files)")
+            if not getattr(args, "quiet", False):
+                print(f"removed the temporary folder {out_dir} (--out DIR keeps the files)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
