@@ -144,7 +144,7 @@ def _readme_commands(text: str) -> list[tuple[tuple[str, ...], set[str]]]:
         while line.rstrip().endswith("\\") and i + 1 < len(lines):
             i += 1
             line = line.rstrip()[:-1] + " " + lines[i]
-        for m in re.finditer(r"onnx-depth((?: [a-z]+)+)", line):
+        for m in re.finditer(r"onnx-depth(?: (?:-q|--quiet|--debug))*((?: [a-z]+)+)", line):
             words = tuple(m.group(1).split())
             c = max((s for s in subs if words[:len(s)] == s), key=len, default=None)
             if c is None:
@@ -170,3 +170,55 @@ def test_readme_documents_exactly_the_cli_flags() -> None:
     assert not every - documented, f"CLI flags missing from the README: {sorted(every - documented)}"
     assert not documented - every, f"README's CLI reference documents flags the CLI lacks: {sorted(documented - every)}"
     assert "--seed" not in every  # the README once documented it (issue 14): seed is an API parameter only
+
+
+def test_node_counts_agree_between_analyze_and_optimize(tmp_path, capsys) -> None:
+    """analyze counts the model as given; optimize's "before" is the same number, and the
+    loader's constant folding is listed as a rewrite, so a change in nodes is always explained."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = numpy_helper.from_array(np.full((4,), 2.0, np.float32), "c")
+    d = numpy_helper.from_array(np.full((4,), 3.0, np.float32), "d")
+    g = helper.make_graph([helper.make_node("Mul", ["c", "d"], ["cd"], name="fold_me"),
+                           helper.make_node("Add", ["x", "cd"], ["y"], name="add")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [c, d])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = tmp_path / "m.onnx"
+    ir.save(m, src)
+    res = api.optimize(src, lossless=True)
+    assert api.analyze(src).nodes == res.report.before.nodes == 2
+    changed = sum(p["changed"] for p in res.report.passes)
+    assert res.report.after.nodes == 1 and changed >= 1
+    assert res.report.passes[0]["pass"] == "fold_constants"
+    # a model with nothing to fold or rewrite: 0 rewrites and 0% change in nodes
+    res2 = api.optimize(_plain(tmp_path), lossless=True)
+    assert sum(p["changed"] for p in res2.report.passes) == 0 and res2.report.after.nodes == res2.report.before.nodes
+
+
+def _plain(tmp_path) -> Path:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"], name="s")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ir.save(m, tmp_path / "plain.onnx")
+    return tmp_path / "plain.onnx"
+
+
+def test_tables_shorten_names_from_the_middle_and_explain_fidelity_cost(small: dict) -> None:
+    from onnx_depth.fmt import humanize_macs, shorten
+
+    long = "/features/features.3/conv/conv.2/Clip"
+    s = shorten(long, 24)
+    assert len(s) == 24 and s.startswith("/features/") and s.endswith("conv.2/Clip") and "..." in s
+    assert humanize_macs("c1: merged kernel [5, 5] costs 38535168 MACs > 9633792") == \
+        "c1: merged kernel [5, 5] costs 38.54M MACs > 9.63M"
+    res = api.optimize(small["model"], latency_budget=0.5, latency_db=small["db"])
+    table = res.report.segment_table()
+    assert "fidelity cost (guess)" in table and "importance" not in table
+    assert "blocks.0.fc1.matmul" in table  # node names, not segment ids
+    assert res.report.to_dict()["segments"][0]["layers"] == ["blocks.0.fc1.matmul", "blocks.0.fc2.matmul"]
