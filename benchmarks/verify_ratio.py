@@ -71,7 +71,8 @@ def pipeline(model: Path, budget: float, *, threads: int, runs: int, rounds: int
                      "tool_ratio": rep.get("latency_ratio_measured"), "band": rep.get("latency_band"),
                      "predicted": rep.get("latency_ratio_predicted"), "cached": (rep.get("latency_ms") or {}).get("cached"),
                      "stderr": r.stderr.strip().splitlines()[-1:] if r.returncode else []})
-        print(f"run {k + 1}: exit {outs[-1]['rc']}, sha256 {outs[-1]['sha256']}, tool ratio {outs[-1]['tool_ratio']}", flush=True)
+        print(f"run {k + 1}: exit {outs[-1]['rc']}, sha256 {outs[-1]['sha256']}, tool ratio {outs[-1]['tool_ratio']} "
+              f"(predicted {outs[-1]['predicted']}, stored measurement reused: {outs[-1]['cached']})", flush=True)
     first = workdir / "emitted0.onnx"
     indep = None
     if first.exists():  # a NEW process: not the one that planned or measured
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="optimize runs with the same latency DB (determinism)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="keep the emitted models and reports in DIR")
     args = ap.parse_args(argv)
     if args.original and args.emitted:
         res = measure(args.original, args.emitted, threads=args.threads, rounds=args.rounds)
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         label = f"zoo {args.zoo} ({args.image_size}x{args.image_size}, random weights)" if args.zoo else f"{args.model}"
         res = pipeline(model, args.budget, threads=args.threads, runs=args.runs, rounds=args.rounds,
                        calibration=args.calibration, workdir=work)
+        if args.keep:
+            import shutil
+
+            shutil.copytree(work, args.keep, dirs_exist_ok=True)
     runs, ind = res["runs"], res["independent"]
     same = len({r["sha256"] for r in runs}) == 1 and len({r["rc"] for r in runs}) == 1
     tool = runs[0]
@@ -129,22 +135,18 @@ def main(argv: list[str] | None = None) -> int:
             + " | " + (verdict(ind["ratio"], args.budget) if ind else "no model emitted (exit 3)") + " |")
     print(line)
     if args.write_results:
-        from _results import RESULTS, write_section  # noqa: E402
+        from _results import write_section  # noqa: E402
 
         head = ("| model | budget | threads | exit codes of the runs | same bytes every run (sha256) | tool's measured "
                 "ratio (p10-p90) | independent ratio, new process (p10-p90) | verdict |\n|---|---|---|---|---|---|---|---|")
-        old = RESULTS.read_text() if RESULTS.exists() else ""
-        rows = []
-        if "<!-- begin verify-ratio -->" in old:
-            sec = old.split("<!-- begin verify-ratio -->", 1)[1].split("<!-- end verify-ratio -->", 1)[0]
-            rows = [ln for ln in sec.splitlines() if ln.startswith("| ") and not ln.startswith("| model") and label not in ln]
-        body = ("Each model: `onnx-depth -q optimize` run "
-                f"{args.runs} times as separate processes with one fresh latency DB (the second and third runs reuse "
+        body = ("`onnx-depth -q optimize` run "
+                f"{args.runs} times as separate processes with one fresh latency DB (the second and later runs reuse "
                 "the stored plan measurements), then the emitted model timed against the original by this script in "
                 "another new process, interleaved, median of per-round ratios. The machine is shared (2 cores, other "
-                "jobs running): bands are wide.\n\n" + head + "\n" + "\n".join(rows + [line]))
+                "jobs running): bands are wide.\n\n" + head + "\n" + line)
         argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
-        write_section("verify-ratio", "Independent check of emitted models' latency ratio (verify_ratio.py)",
+        slug = "".join(c if c.isalnum() else "-" for c in (args.zoo or Path(args.model).parent.name or Path(args.model).stem))
+        write_section(f"verify-ratio-{slug}", f"Independent check of the latency ratio: {label} (verify_ratio.py)",
                       f"python benchmarks/verify_ratio.py {argv_s}", body)
     return 0
 
