@@ -163,8 +163,11 @@ def optimize(
             diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
                              "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
     else:
+        from .latency_db.fingerprint import current
+        from .report import environment
+
         report = Report(input=source_name, output=None, before=before, after=metrics.model_stats(graph),
-                        passes=[r.to_dict() for r in results])
+                        passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
     report.warnings = warnings
     if cal is not None:
         from .analysis.fidelity import evaluate

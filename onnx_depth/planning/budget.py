@@ -421,20 +421,25 @@ def plan_for_budget(
             return f"the fastest plan found is predicted at {pred:.3f} (not measured)"
         return f"the fastest plan found is predicted at {pred:.3f} and measured at {m.summary()}"
 
+    def trial(plan: list[SegmentOption], g: Graph, internal: float) -> BudgetOutcome | None:
+        """Measure a plan (one Round); its outcome when it meets the budget, else None."""
+        m = measured(plan, g)
+        rounds.append(Round(internal, lm.predict(plan) / base_pred, m.ratio, m.band, changes=_changes(plan),
+                            importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
+        if m.ratio > threshold:
+            return None
+        timings["measure_s"] = time.perf_counter() - t2
+        return outcome(plan, g, m, ok_word)
+
     t2 = time.perf_counter()
     timings["solve_apply_s"] = 0.0
     if fast_ratio > budget:  # predicted infeasible: measure the fastest plan anyway (the prediction has an error)
         if measure is None:
             return infeasible(f"latency budget {budget:g} is infeasible: the fastest plan found is predicted at "
                               f"{fast_ratio:.3f} of the original")
-        plan, graph = fast, build(fast)
-        m = measured(plan, graph)
-        rounds.append(Round(fast_ratio, fast_ratio, m.ratio, m.band, changes=_changes(plan), importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds,
-                            cached=m.cached))
-        if m.ratio <= threshold:
-            timings["measure_s"] = time.perf_counter() - t2
-            return outcome(plan, graph, m, ok_word)
-        return infeasible(f"latency budget {budget:g} is infeasible: {fastest_words(m, fast_ratio)}")
+        ok = trial(fast, build(fast), fast_ratio)
+        return ok or infeasible(f"latency budget {budget:g} is infeasible: "
+                                f"{fastest_words(measured_plans[key_of(fast)][1], fast_ratio)}")
     internal = budget * PLAN_MARGIN if budget * PLAN_MARGIN >= fast_ratio else budget
     plan = solve_at(internal)
     if plan is None and internal < budget:
@@ -448,13 +453,10 @@ def plan_for_budget(
     if measure is None:
         return outcome(plan, graph, None, "n/a")
     for k in range(max_rounds):
-        m = measured(plan, graph)
-        rounds.append(Round(internal, lm.predict(plan) / base_pred, m.ratio, m.band, changes=_changes(plan),
-                            importance=sum(imp.of(o) for o in plan),
-                            measured_rounds=m.rounds, cached=m.cached))
-        if m.ratio <= threshold:
-            timings["measure_s"] = time.perf_counter() - t2
-            return outcome(plan, graph, m, ok_word)
+        ok = trial(plan, graph, internal)
+        if ok is not None:
+            return ok
+        m = measured_plans[key_of(plan)][1]
         if k == max_rounds - 1 or key_of(plan) == key_of(fast):
             break
         # tighten: the latency model is `measured / predicted` off here; aim that much lower
@@ -465,13 +467,9 @@ def plan_for_budget(
         plan = nxt
         graph = build(plan)
     if key_of(fast) not in measured_plans:  # evidence: the fastest plan, measured
-        g = build(fast)
-        m = measured(fast, g)
-        rounds.append(Round(fast_ratio, fast_ratio, m.ratio, m.band, changes=_changes(fast), importance=sum(imp.of(o) for o in fast), measured_rounds=m.rounds,
-                            cached=m.cached))
-        if m.ratio <= threshold:
-            timings["measure_s"] = time.perf_counter() - t2
-            return outcome(fast, g, m, ok_word)
+        ok = trial(fast, build(fast), fast_ratio)
+        if ok is not None:
+            return ok
     fk = key_of(fast)
     k_best = min(measured_plans, key=lambda k: (measured_plans[k][1].ratio, k))
     pred_best, m_best, _ = measured_plans[k_best]
