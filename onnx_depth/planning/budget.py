@@ -372,8 +372,8 @@ def plan_for_budget(
         pred = lm.predict(plan) / base_pred
         m = measure(to_proto(graph, check=False), None) if measure is not None else None
         if m is not None:
-            rounds.append(Round(pred, pred, m.ratio, m.band, changes=_changes(plan), importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds,
-                                cached=m.cached))
+            rounds.append(Round(pred, pred, m.ratio, m.band, changes=_changes(plan),
+                                importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
         return BudgetOutcome(graph, plan, cands, lm, imp, pred, None if m is None else m.ratio,
                              None if m is None else m.band, "n/a", rounds, considered, timings, warnings, m)
     assert budget is not None
