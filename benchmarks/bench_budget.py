@@ -141,8 +141,8 @@ def main() -> None:
 def _body(rows: list[dict]) -> str:
     return ("Budget mode without calibration data on zoo models (random weights, BN kept). `predicted`: the in-context "
             "latency model's ratio for the chosen plan; `measured`: interleaved A/B against the original model, median of "
-            "21 per-round ratios (p10-p90 band). `met`: yes (median <= budget), within noise (<= 3% over with p10 under "
-            "the budget), or no (allowed) for the lowest-budget row, which is run with --allow-over-budget. The last row per "
+            "21 per-round ratios (p10-p90 band; up to 63 rounds while the band straddles the budget). `met`: yes (median "
+            "<= budget: one-sided, no tolerance), or no (allowed) for the lowest-budget row, which is run with --allow-over-budget. The last row per "
             "model/threads is the lowest feasible budget (the fastest plan's predicted ratio + 0.005). `run s`: planning + "
             "apply + measurement per budget after the (cold) profile.\n\n" + table(rows))
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from . import compare, ir, metrics
-from .errors import CheckFailed, InputError, UnsupportedModel
+from . import compare, diagnostics, ir, metrics
+from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel
 from .passes import LOSSLESS, PassContext, run_to_fixed_point
 from .report import Report
 
@@ -17,8 +17,9 @@ ModelSource = "onnx.ModelProto | str | os.PathLike[str]"
 
 
 def analyze(model: "onnx.ModelProto | str | os.PathLike[str]") -> metrics.ModelStats:
-    """Statistics of a model (see onnx_depth.metrics for the definitions)."""
-    return metrics.model_stats(ir.load(model))
+    """Statistics of a model as given (see onnx_depth.metrics for the definitions; Constant
+    nodes count as initializers, nothing is folded: the same numbers as optimize's "before")."""
+    return metrics.model_stats(ir.load(model, fold=False))
 
 
 def analyze_activations(
@@ -52,7 +53,7 @@ class OptimizeResult:
     plan: dict | None = None
 
 
-def _check_args(latency_budget, max_error, lossless, calibration, check, threads) -> None:
+def _check_args(latency_budget, max_error, lossless, calibration, check, threads, budget_tolerance=0.0) -> None:
     lossy_goal = latency_budget is not None or max_error is not None
     if lossless and lossy_goal:
         raise InputError("--lossless cannot be combined with --latency-budget / --max-error (those remove activations)")
@@ -68,6 +69,8 @@ def _check_args(latency_budget, max_error, lossless, calibration, check, threads
         raise InputError(f"--check must be a whole number of runs >= 0, got {check!r}")
     if check and lossy_goal:
         raise InputError("--check compares outputs exactly; with a budget the rewrite is lossy: fidelity on --calibration data is reported instead")
+    if isinstance(budget_tolerance, bool) or not isinstance(budget_tolerance, (int, float)) or not 0 <= budget_tolerance < 1:
+        raise InputError(f"--budget-tolerance must be a fraction in [0, 1) (e.g. 0.02 = 2% over the budget), got {budget_tolerance!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
 
@@ -89,6 +92,8 @@ def optimize(
     progress: bool = False,
     input_shapes: "dict[str, list[int]] | list[str] | None" = None,
     fix_shapes: bool = False,
+    budget_tolerance: float = 0.0,
+    remeasure: bool = False,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -104,6 +109,14 @@ def optimize(
     * ``max_error=E`` (needs calibration): the fastest plan whose measured error is <= E
       (a number: output NMSE; "top1:0.01": at most 1 point of top-1 agreement lost).
 
+    The budget test is one-sided: measured median ratio <= latency_budget x (1 + budget_tolerance)
+    (default tolerance 0). End-to-end measurements are stored in the latency DB and reused, so the
+    same model, options and DB give the same plan and bytes; `remeasure=True` measures afresh.
+    On BudgetInfeasible the exception carries `.report` (budget_met False, why, the fastest plan
+    found) and `.plan`. Warnings (data-free decisions, fidelity not measured, over-budget
+    emission) are Python warnings (`onnx_depth.diagnostics.OnnxDepthWarning` subclasses) and are
+    listed in `report.warnings`.
+
     latency_db: the SQLite latency database (default $ONNX_DEPTH_LATENCY_DB or
     ~/.cache/onnx-depth/latency.sqlite). `check` > 0 (exact modes only) compares the original and
     the result with onnxruntime on that many random inputs and raises CheckFailed on a mismatch.
@@ -113,7 +126,7 @@ def optimize(
     without it, batch 1 and the calibration data's shapes; otherwise InputError). The emitted
     model keeps the input's symbolic dims unless `fix_shapes`, which writes the static shapes.
     """
-    _check_args(latency_budget, max_error, lossless, calibration, check, threads)
+    _check_args(latency_budget, max_error, lossless, calibration, check, threads, budget_tolerance)
     from . import shapes as _shapes
 
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
@@ -130,15 +143,30 @@ def optimize(
 
         cal = load_calibration(calibration, ir.to_proto(graph.copy(), check=False))
     results = []
+    loaded = metrics.model_stats(graph).nodes
+    if loaded != before.nodes:
+        results.append(_LoadFold(before.nodes - loaded))
     outcome = None
     symbolic = _shapes.has_symbolic_dims(original)
     fixed = _shapes.resolve(original, given, cal) if symbolic and (given or latency_budget is not None or max_error is not None) else None
+    warnings: list[dict] = []
     if latency_budget is not None or max_error is not None:
         original_graph = graph.copy()
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
-        outcome = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
-                          max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress, fixed)
+        try:
+            outcome, env = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
+                                   max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress,
+                                   budget_tolerance, remeasure, fixed)
+        except BudgetInfeasible as e:
+            failed = getattr(e, "outcome", None)
+            if failed is not None:  # evidence: the report and plan of the fastest plan found (nothing emitted)
+                e.report, e.plan = _budget_report(failed, getattr(e, "environment", None), source_name, before, results,
+                                                  latency_budget, max_error, threads, provider, budget_tolerance)
+                _note_shapes(e.report, fixed)
+                e.report.warnings = list(failed.warnings)
+            raise
         graph = outcome.graph
+        warnings += outcome.warnings
     else:
         if cal is not None and not lossless:
             from .analysis.pipeline import calibrated_rewrites
@@ -148,40 +176,22 @@ def optimize(
     out = ir.to_proto(graph)
     if symbolic:
         out = _reinfer(out)
-    after = metrics.model_stats(graph)
-    report = Report(input=source_name, output=None, before=before, after=after, passes=[r.to_dict() for r in results])
     reference = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     plan = None
     if outcome is not None:
-        from .planning.budget import ErrorBound
+        report, plan = _budget_report(outcome, env, source_name, before, results, latency_budget, max_error, threads,
+                                      provider, budget_tolerance, after=metrics.model_stats(graph))
+        if cal is None and outcome.changed():
+            diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
+                             "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
+    else:
+        from .latency_db.fingerprint import current
+        from .report import environment
 
-        bound = None if max_error is None else ErrorBound.parse(max_error)
-        report.budget = None if latency_budget is None else float(latency_budget)
-        report.max_error = None if bound is None else {"metric": bound.metric, "value": bound.value}
-        report.latency_ratio_predicted = outcome.predicted_ratio
-        report.latency_ratio_measured = outcome.measured_ratio
-        report.latency_band = outcome.band
-        report.budget_met = outcome.met
-        report.segments = outcome.segment_rows()
-        report.planning = {
-            "threads": threads or 1,
-            "provider": provider,
-            "chains": len(outcome.cands.chains),
-            "options": len(outcome.cands.options),
-            "options_scored": len(outcome.importance.scores),
-            "importance": "measured" if outcome.importance.measured else "data-free guess",
-            "rounds": [r.__dict__ for r in outcome.rounds],
-            "considered": outcome.considered,
-            "chosen": [outcome.predicted_ratio, sum(outcome.importance.of(o) for o in outcome.plan)],
-            "timings_s": outcome.timings,
-            "input_shapes": None if fixed is None else fixed.to_dict(),
-        }
-        if fixed is not None:
-            report.notes.append(f"symbolic input dims: planned and timed at input shape {fixed.describe()}; the emitted "
-                                f"model keeps the symbolic dims (--input-shape to choose other shapes, --fix-shapes to "
-                                f"write static ones)")
-        report.notes += outcome.warnings
-        plan = outcome.plan_dict(source_name, report.budget, bound)
+        report = Report(input=source_name, output=None, before=before, after=metrics.model_stats(graph),
+                        passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
+    _note_shapes(report, fixed)
+    report.warnings = warnings
     if cal is not None:
         from .analysis.fidelity import evaluate
 
@@ -257,12 +267,98 @@ def _checked(reference, out, samples, n: int, seed: int, source_name: str) -> co
         raise
 
 
+def _note_shapes(report: Report, fixed) -> None:
+    """Where the latency was measured, for a model with symbolic input dims."""
+    if fixed is None:
+        return
+    if report.planning is not None:
+        report.planning["input_shapes"] = fixed.to_dict()
+    report.notes.append(f"symbolic input dims: planned and timed at input shape {fixed.describe()}; the emitted "
+                        f"model keeps the symbolic dims (--input-shape to choose other shapes, --fix-shapes to "
+                        f"write static ones)")
+
+
+class _LoadFold:
+    """The loader's constant folding, listed as the first rewrite (so that node counts before /
+    after add up with what `analyze` shows for the input)."""
+
+    def __init__(self, folded: int) -> None:
+        self.folded = folded
+
+    def to_dict(self) -> dict:
+        return {"pass": "fold_constants", "changed": self.folded, "refused": [],
+                "details": [f"{self.folded} node(s) computing constants folded into initializers at load"]}
+
+
+def _budget_report(outcome, env, source_name, before, results, latency_budget, max_error, threads, provider,
+                   budget_tolerance, after=None) -> "tuple[Report, dict]":
+    """The report and plan of a budget / max-error outcome (also for a failed one: `after` then
+    describes the fastest plan found, which was not emitted)."""
+    from .planning.budget import ErrorBound
+
+    bound = None if max_error is None else ErrorBound.parse(max_error)
+    report = Report(input=source_name, output=None, before=before,
+                    after=after if after is not None else metrics.model_stats(outcome.graph),
+                    passes=[r.to_dict() for r in results])
+    if env is not None:
+        report.environment = env
+    report.budget = None if latency_budget is None else float(latency_budget)
+    report.budget_tolerance = None if latency_budget is None else float(budget_tolerance)
+    report.max_error = None if bound is None else {"metric": bound.metric, "value": bound.value}
+    report.latency_ratio_predicted = outcome.predicted_ratio
+    report.latency_ratio_measured = outcome.measured_ratio
+    report.latency_band = outcome.band
+    report.budget_met = outcome.budget_met
+    report.budget_status = outcome.met
+    report.why = outcome.why
+    m = outcome.measurement
+    if m is not None:
+        b, a = m.median_ms
+        report.latency_ms = {"before": b, "after": a, "shapes": m.shapes, "rounds": m.rounds,
+                             "cached": m.cached}
+    report.segments = outcome.segment_rows()
+    if outcome.budget_met is False:
+        report.fastest_plan = {"latency_ratio_predicted": outcome.predicted_ratio,
+                               "latency_ratio_measured": outcome.measured_ratio, "latency_band": outcome.band,
+                               "emitted": outcome.met == "no (allowed)", "segments": len(report.segments)}
+    report.planning = {
+        "threads": threads or 1,
+        "provider": provider,
+        "chains": len(outcome.cands.chains),
+        "options": len(outcome.cands.options),
+        "options_scored": len(outcome.importance.scores),
+        "importance": "measured" if outcome.importance.measured else "data-free guess",
+        "rounds": [r.__dict__ for r in outcome.rounds],
+        "considered": outcome.considered,
+        "measured_plans": [{"predicted": p, "measured": mm.ratio, "band": mm.band, "rounds": mm.rounds,
+                            "importance": i, "cached": mm.cached}
+                           for p, mm, i in sorted(outcome.measured_plans.values(), key=lambda t: (t[0], t[1].ratio))],
+        "chosen": [outcome.predicted_ratio, sum(outcome.importance.of(o) for o in outcome.plan)],
+        "chosen_measured": None if m is None else [m.ratio, m.band[0], m.band[1]],
+        "timings_s": outcome.timings,
+    }
+    plan = outcome.plan_dict(source_name, report.budget, bound)
+    plan["budget_met"] = outcome.budget_met
+    if outcome.why:
+        plan["why"] = outcome.why
+    return report, plan
+
+
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,
-            refit, progress, input_shapes=None):
-    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner."""
+            refit, progress, tolerance, remeasure, input_shapes=None):
+    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner.
+    Returns (outcome, environment for the report)."""
     from .planning.budget import BudgetPlanner
+    from .report import environment
 
     with BudgetPlanner(graph, original, original_graph=original_graph, calibration=cal, threads=threads,
                        provider=provider, latency_db=latency_db, refit=refit, progress=progress,
-                       input_shapes=input_shapes) as planner:
-        return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget)
+                       remeasure=remeasure, input_shapes=input_shapes) as planner:
+        env = environment(planner.fingerprint)
+        try:
+            return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget,
+                               tolerance=float(tolerance)), env
+        except BudgetInfeasible as e:
+            e.environment = env
+            raise
+

@@ -1,7 +1,12 @@
 """Command line interface: a thin layer over onnx_depth.api.
 
 Exit codes: 0 ok, 1 --check found a mismatch, 2 bad input or usage, 3 latency budget infeasible,
-4 internal error (a bug: please report it with the output of --debug).
+4 internal error (a bug: please report it with the output of --debug), 141 the reader of stdout
+went away (a closed pipe: quiet, like other command-line tools killed by SIGPIPE).
+
+Warnings (`onnx_depth.diagnostics`) go to stderr, one line each, also under `-q`. `-q` is
+accepted before or after the subcommand. After planning started, a failing `optimize` still
+writes --report (and --plan-out): the evidence of what was tried.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, api
+from . import __version__, api, diagnostics
 from .errors import InputError, OnnxDepthError
+from .fmt import humanize_macs
 from .ir import save
 
 log = logging.getLogger("onnx_depth")
@@ -49,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--latency-budget", type=float, metavar="B", help="LayerMerge: the output must run in at most B x the input's latency on this machine (e.g. 0.7), at the least fidelity cost; exit 3 if infeasible")
     o.add_argument("--max-error", metavar="E", help="the fastest model whose error on --calibration data is <= E (output NMSE, e.g. 0.05; or top1:0.01 = at most 1 point of top-1 agreement lost)")
     o.add_argument("--allow-over-budget", action="store_true", help="emit the fastest plan found even when the budget is not met (exit 0 with a warning)")
+    o.add_argument("--budget-tolerance", type=float, default=0.0, metavar="T", help="accept a measured median latency ratio up to B x (1 + T) (default 0: the median must be <= B)")
+    o.add_argument("--remeasure", action="store_true", help="measure the planned models afresh instead of reusing their measurements stored in the latency DB (which make reruns deterministic)")
     o.add_argument("--plan-out", metavar="PLAN.json", help="write the chosen plan (segments, removed activations and pruned layers by ONNX node name) for fine-tuning")
     o.add_argument("--threads", type=int, default=None, metavar="N", help="intra-op threads of the target runtime for latency (default 1; part of the latency DB fingerprint)")
     o.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider to measure on (default CPUExecutionProvider)")
@@ -67,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=_cmd_optimize)
 
     d = sub.add_parser("demo", help="build a built-in model and optimize it under a latency budget")
-    d.add_argument("--model", default="mobilenetv2_1.0", help="zoo model name (default mobilenetv2_1.0)")
-    d.add_argument("--out", metavar="DIR", help="keep the files in DIR (default: a temporary directory)")
+    from .zoo import NAMES as ZOO_NAMES
+
+    d.add_argument("--model", default="mobilenetv2_1.0", choices=ZOO_NAMES, metavar="NAME",
+                   help=f"zoo model: {', '.join(ZOO_NAMES)} (default mobilenetv2_1.0)")
+    d.add_argument("--out", metavar="DIR", help="keep the files in DIR (default: a temporary directory, removed at the end)")
     d.add_argument("--budget", type=float, default=0.75, help="latency budget (default 0.75)")
     d.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     d.set_defaults(func=_cmd_demo)
@@ -79,7 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
         db_commands = None
     if db_commands is not None and hasattr(db_commands, "register"):
         db_commands.register(sub)
+    _quiet_everywhere(p)
     return p
+
+
+def _quiet_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-q` on every subcommand too (`onnx-depth optimize -q ...` = `onnx-depth -q optimize ...`):
+    a subcommand's -q never resets the global one (its default is SUPPRESS)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in dict.fromkeys(action.choices.values()):
+            quiet = [a for a in child._actions if "-q" in a.option_strings]
+            if quiet:
+                quiet[0].default = argparse.SUPPRESS
+            else:
+                child.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                   help="print only errors, warnings and the final result")
+            _quiet_everywhere(child)
 
 
 def _print_stats(stats, as_json: bool) -> None:
@@ -104,7 +132,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     rows = None
     if args.calibration or args.activations:
         if not args.calibration:
-            log.warning("no calibration data: data-free criteria only (BatchNorm statistics, PReLU slopes)")
+            diagnostics.warn("no calibration data: data-free criteria only (BatchNorm statistics, PReLU slopes)",
+                             diagnostics.DataFreeWarning)
         rows = api.analyze_activations(args.model, args.calibration, estimate_fidelity=args.estimate_fidelity)
     if args.json:
         d = stats.to_dict()
@@ -129,32 +158,42 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     max_error = getattr(args, "max_error", None)
     goal = budget is not None or max_error is not None
     lossless = bool(args.lossless) or (calibration is None and not goal)
+    quiet = bool(getattr(args, "quiet", False))
     if getattr(args, "plot", None) and not goal:
         raise InputError("--plot needs --latency-budget or --max-error (it shows the plans they consider)")
     if getattr(args, "plan_out", None) and not goal:
         raise InputError("--plan-out needs --latency-budget or --max-error (the plan is what they choose)")
     _check_output_paths(args)
-    res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check,
-                       latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
-                       provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
-                       allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
-                       progress=progress_wanted(bool(args.quiet)),
-                       input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)))
-    save(res.model, args.output, protect=args.input)
-    res.report.output = args.output
-    if getattr(args, "plan_out", None) and res.plan is not None:
-        _write_json(args.plan_out, res.plan)
-    if getattr(args, "emit_ort", None):
-        from .ort_format import emit_ort
+    try:
+        res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check,
+                           latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
+                           provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
+                           allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
+                           progress=progress_wanted(quiet), budget_tolerance=getattr(args, "budget_tolerance", 0.0),
+                           remeasure=bool(getattr(args, "remeasure", False)),
+                           input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)))
+    except OnnxDepthError as e:
+        report = getattr(e, "report", None)
+        if report is not None:  # planning started: leave the evidence
+            _write_evidence(args, report, getattr(e, "plan", None), quiet)
+        raise
+    try:
+        save(res.model, args.output, protect=args.input)
+        res.report.output = args.output
+        if getattr(args, "plan_out", None) and res.plan is not None:
+            _write_json(args.plan_out, res.plan)
+        if getattr(args, "emit_ort", None):
+            from .ort_format import emit_ort
 
-        emitted = emit_ort(args.output, args.emit_ort, original=args.input)
-        res.report.notes.append(f"ORT format: {emitted.summary()}")
-        res.report.ort = emitted.to_dict() if hasattr(emitted, "to_dict") else str(emitted.summary())
-    if getattr(args, "plot", None):
-        _plot(res.report, args.plot, Path(args.input).name)
-    if args.report:
-        res.report.write_json(args.report)
-    if not args.quiet:
+            emitted = emit_ort(args.output, args.emit_ort, original=args.input)
+            res.report.notes.append(f"ORT format: {emitted.summary()}")
+            res.report.ort = emitted.to_dict() if hasattr(emitted, "to_dict") else str(emitted.summary())
+        if getattr(args, "plot", None):
+            _plot(res.report, args.plot, Path(args.input).name)
+    finally:  # the report also when a later step fails
+        if args.report:
+            res.report.write_json(args.report)
+    if not quiet:
         _print_passes(res.report.passes)
         if goal:
             print(res.report.segment_table())
@@ -211,16 +250,27 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     safe_io.check_distinct(outputs, inputs)
 
 
+def _write_evidence(args: argparse.Namespace, report, plan: dict | None, quiet: bool) -> None:
+    """On a failure after planning started: --report, --plan-out and --plot of what was tried
+    (the model itself is not written)."""
+    report.notes.append("failed: no model written; 'after' and the segments describe the fastest plan found")
+    if getattr(args, "plan_out", None) and plan is not None:
+        _write_json(args.plan_out, plan)
+    if getattr(args, "plot", None):
+        try:
+            _plot(report, args.plot, Path(args.input).name)
+        except OnnxDepthError as e:  # the plot is secondary to the error being reported
+            print(f"onnx-depth: warning: no plot: {e}", file=sys.stderr)
+    if args.report:
+        report.write_json(args.report)
+    if not quiet and report.segments:
+        print(report.segment_table())
+
+
 def _plot(report, path: str, title: str) -> None:
-    import math
+    from .plot import plot_report
 
-    from .plot import plot_plans
-
-    considered = report.planning.get("considered") or []
-    pts = [(r, math.exp(i)) for r, i in considered]  # importance is a log-fidelity
-    chosen = report.planning.get("chosen")
-    plot_plans(pts, None if chosen is None else (chosen[0], math.exp(chosen[1])), path, budget=report.budget,
-               title=title, ylabel="fidelity (estimated, exp of summed importance)")
+    plot_report(report, path, title=title)
     report.notes.append(f"plot: {path}")
 
 
@@ -237,68 +287,105 @@ def _print_passes(passes: list[dict], show: int = 5) -> None:
             line += f", {len(p['refused'])} left untouched"
         print(line)
         for reason in p["refused"][:show]:
-            print(f"    untouched: {reason}")
+            print(f"    untouched: {humanize_macs(str(reason))}")
         if len(p["refused"]) > show:
             print(f"    ... {len(p['refused']) - show} more (see --report)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
     from .zoo import build
 
-    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="onnx-depth-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / f"{args.model}.onnx"
-    dst = out_dir / f"{args.model}.optimized.onnx"
-    db = out_dir / "latency.sqlite"
-    print(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
-    save(build(args.model, bn="keep"), src)
-    cmd = (f"onnx-depth optimize {src} {dst} --latency-budget {args.budget:g} --threads {args.threads} "
-           f"--latency-db {db} --allow-over-budget --report {out_dir / 'report.json'} --plan-out {out_dir / 'plan.json'}")
-    print(cmd)
-    print("(profiles every candidate segment with onnxruntime into the latency DB, picks merges with the LayerMerge "
-          "DP, applies them and measures the result against the original; random weights, so no calibration data: "
-          "the fidelity cost is a data-free guess)")
-    ns = argparse.Namespace(input=str(src), output=str(dst), lossless=False, check=0, report=str(out_dir / "report.json"),
-                            quiet=args.quiet, latency_budget=args.budget, max_error=None, calibration=None,
-                            allow_over_budget=True, plan_out=str(out_dir / "plan.json"), threads=args.threads,
-                            provider="CPUExecutionProvider", latency_db=str(db), no_refit=False, emit_ort=None, plot=None)
-    return _cmd_optimize(ns)
+    keep = bool(args.out)
+    out_dir = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="onnx-depth-demo-"))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        src = out_dir / f"{args.model}.onnx"
+        dst = out_dir / f"{args.model}.optimized.onnx"
+        db = out_dir / "latency.sqlite"
+        argv = ["optimize", str(src), str(dst), "--latency-budget", f"{args.budget:g}", "--threads", str(args.threads),
+                "--latency-db", str(db), "--allow-over-budget", "--report", str(out_dir / "report.json"),
+                "--plan-out", str(out_dir / "plan.json")]
+        quiet = bool(getattr(args, "quiet", False))
+        say = (lambda *a: None) if quiet else print
+        say(f"building zoo model {args.model} (random weights, BatchNorm kept) -> {src}")
+        save(build(args.model, bn="keep"), src)
+        say("onnx-depth " + " ".join(argv))
+        say("(profiles every candidate segment with onnxruntime into the latency DB, picks merges with the LayerMerge "
+            "DP, applies them and measures the result against the original; random weights, so no calibration data: "
+            "the fidelity cost is a data-free guess)")
+        ns = build_parser().parse_args(argv)
+        ns.quiet = quiet
+        return _cmd_optimize(ns)
+    finally:
+        if not keep:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if not getattr(args, "quiet", False):
+                print(f"removed the temporary folder {out_dir} (--out DIR keeps the files)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.quiet = bool(getattr(args, "quiet", False))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="onnx-depth: %(levelname)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    message = None
     try:
-        return int(args.func(args) or 0)
+        with diagnostics.recording() as caught:
+            try:
+                code, message = _run(args)
+            finally:  # warnings first (also with --debug), then the one-line error
+                diagnostics.print_warnings(caught)
+        if message:
+            print(message, file=sys.stderr)
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str | None]:
+    """(exit code, one-line error message or None)."""
+    try:
+        return int(args.func(args) or 0), None
+    except BrokenPipeError:
+        raise
     except OnnxDepthError as e:
         if args.debug:
             raise
-        print(f"onnx-depth: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code, f"onnx-depth: error: {e}"
     except KeyboardInterrupt:
-        print("onnx-depth: interrupted", file=sys.stderr)
-        return 130
+        return 130, "onnx-depth: interrupted"
     except MemoryError:
         if args.debug:
             raise
-        print("onnx-depth: error: out of memory (the model or its inputs are too large for this machine)", file=sys.stderr)
-        return 2
+        return 2, "onnx-depth: error: out of memory (the model or its inputs are too large for this machine)"
     except OSError as e:  # the environment (files, permissions, disk), not a bug
         if args.debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"onnx-depth: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return 2, f"onnx-depth: error: {where}{e.strerror or e}"
     except Exception as e:  # noqa: BLE001 - never a traceback without --debug
         if args.debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"onnx-depth: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 4
+        return 4, f"onnx-depth: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)"
+
+
+def _broken_pipe() -> int:
+    """stdout's reader went away: exit quietly (128 + SIGPIPE, like tools the signal kills);
+    point stdout at /dev/null so the interpreter's final flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,12 @@
-"""What the user sees: the before/after table and the JSON report."""
+"""What the user sees: the before/after table, the segment table and the JSON report.
+
+Tables shorten node names from the middle (`fmt.shorten`); the JSON report keeps them whole.
+"fidelity cost" of a change is minus its importance: the estimated loss of log-fidelity, i.e. the
+NMSE of the model outputs it adds (measured on calibration data, or a data-free guess).
+The JSON report also says which tool, onnx and onnxruntime versions and which machine
+(latency DB fingerprint) produced it, the whole-model latency before/after in ms with the input
+shapes it was measured at, and every warning (`diagnostics`).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .compare import Comparison
+from .fmt import human, shorten
 from .metrics import ModelStats
 
+NAME_WIDTH = 48  # node names in tables (shortened from the middle; whole in the JSON)
 
-def human(n: float) -> str:
-    """12345678 -> '12.35M'."""
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:g}"
+
+def environment(fingerprint: Any = None) -> dict[str, Any]:
+    """Versions of the tool and its runtimes, and the machine fingerprint (when known)."""
+    import platform
+
+    import onnx
+    import onnxruntime
+
+    from . import __version__
+
+    d: dict[str, Any] = {"tool": f"onnx-depth {__version__}", "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    if fingerprint is not None:
+        d["fingerprint"] = fingerprint.to_dict()
+        d["fingerprint_key"] = fingerprint.key()
+    return d
 
 
 @dataclass
@@ -33,7 +53,14 @@ class Report:
     budget: float | None = None
     max_error: dict | None = None
     latency_band: tuple[float, float] | None = None  # measured p10-p90 of the per-round ratios
-    budget_met: str | None = None
+    budget_met: bool | None = None  # measured median ratio <= budget x (1 + tolerance)
+    budget_status: str | None = None  # "yes", "yes (tolerance T)", "no (allowed)", "no"
+    budget_tolerance: float | None = None
+    why: str | None = None  # why the budget was not met
+    fastest_plan: dict[str, Any] | None = None  # on failure: the fastest plan found (predicted, measured)
+    latency_ms: dict[str, Any] | None = None  # whole model before/after (ms) and the shapes measured at
+    environment: dict[str, Any] = field(default_factory=environment)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # diagnostics records
     segments: list[dict[str, Any]] = field(default_factory=list)  # chosen segments (budget mode)
     planning: dict[str, Any] = field(default_factory=dict)  # options, rounds, timings, plans considered
     ort: Any = None  # --emit-ort: what was written, operators, dropped op types
@@ -55,6 +82,10 @@ class Report:
         row("MACs", b.macs, a.macs)
         if self.latency_ratio_predicted is not None:
             rows.append(("latency ratio (pred.)", "1", f"{self.latency_ratio_predicted:.3f}", "" if self.budget is None else f"budget {self.budget:g}"))
+        if self.latency_ms is not None and self.latency_ms.get("before") is not None:
+            lm = self.latency_ms
+            rows.append(("latency (ms, measured)", f"{lm['before']:.3f}", f"{lm['after']:.3f}",
+                         f"{(lm['after'] - lm['before']) / lm['before']:+.1%}" if lm["before"] else ""))
         if self.latency_ratio_measured is not None:
             band = "" if self.latency_band is None else f"p10-p90 {self.latency_band[0]:.2f}-{self.latency_band[1]:.2f}"
             rows.append(("latency ratio", "1", f"{self.latency_ratio_measured:.3f}", f"measured {band}".strip()))
@@ -70,25 +101,39 @@ class Report:
         return "\n".join(lines)
 
     def segment_table(self) -> str:
-        """The chosen segments: what each became, latency before/after (ms, in-context
-        prediction), importance."""
+        """The chosen segments: their layers (node names), what they became, latency
+        before/after (ms, in-context prediction) and fidelity cost, with a legend."""
         if not self.segments:
             return "no segment changed"
-        head = ("segment", "becomes", "removed acts", "pruned", "ms before", "ms after", "importance")
+        guess = self.planning.get("importance") == "data-free guess"
+        cost = "fidelity cost (guess)" if guess else "fidelity cost"
+        head = ("layers", "becomes", "acts removed", "pruned", "ms before", "ms after", cost)
         rows = [head]
+        total_cost = 0.0
         for r in self.segments:
-            imp = "" if r.get("importance") is None else f"{r['importance']:.3g}"
-            rows.append((r["segment"], r["label"].split(": ", 1)[-1][:48], str(len(r["removed_activations"])),
-                         str(len(r["pruned_layers"])), f"{r['latency_ms_before']:.3f}", f"{r['latency_ms_after']:.3f}", imp))
+            imp = r.get("importance")
+            c = "" if imp is None else f"{-imp:.3g}"
+            total_cost += 0.0 if imp is None else -imp
+            layers = r.get("layers") or [r["segment"]]
+            name = layers[0] if len(layers) == 1 else f"{layers[0]} .. {layers[-1]}"
+            if len(name) > NAME_WIDTH and len(layers) > 1:
+                half = (NAME_WIDTH - 4) // 2
+                name = f"{shorten(layers[0], half)} .. {shorten(layers[-1], half)}"
+            rows.append((shorten(name, NAME_WIDTH), r["label"].split(": ", 1)[-1][:40], str(len(r["removed_activations"])),
+                         str(len(r["pruned_layers"])), f"{r['latency_ms_before']:.3f}", f"{r['latency_ms_after']:.3f}", c))
         tb = sum(r["latency_ms_before"] for r in self.segments)
         ta = sum(r["latency_ms_after"] for r in self.segments)
         rows.append(("total", f"{len(self.segments)} segments", str(sum(len(r["removed_activations"]) for r in self.segments)),
                      str(sum(len(r["pruned_layers"]) for r in self.segments)), f"{tb:.3f}", f"{ta:.3f}",
-                     f"{sum(r['importance'] or 0 for r in self.segments):.3g}"))
+                     f"{total_cost:.3g}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+        lines.append("fidelity cost: the estimated NMSE of the outputs that the change adds (0 = exact); "
+                     + ("a data-free guess from TLC/LayerCollapse criteria, not measured (pass --calibration)" if guess
+                        else "measured on the calibration data after the least-squares refit")
+                     + ". ms: in-context predictions; full node names in --report / --plan-out.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +149,17 @@ class Report:
             "max_error": self.max_error,
             "latency_band": self.latency_band,
             "budget_met": self.budget_met,
+            "budget_status": self.budget_status,
+            "budget_tolerance": self.budget_tolerance,
+            "why": self.why,
+            "fastest_plan": self.fastest_plan,
+            "latency_ms": self.latency_ms,
             "segments": self.segments,
             "planning": self.planning,
             "ort": self.ort,
+            "warnings": self.warnings,
             "notes": self.notes,
+            "environment": self.environment,
         }
         for k in ("nodes", "depth", "params", "macs"):
             d[f"{k}_before"] = getattr(self.before, k)

@@ -50,3 +50,28 @@ def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(MissingExtra, match=r"pip install onnx-depth\[plot\]") as e:
         plot_plans([(1, 1)], None, tmp_path / "p.png")
     assert isinstance(e.value, OnnxDepthError) and e.value.exit_code == 2
+
+
+def test_plot_report_marks_measured_predicted_and_data_free(tmp_path):
+    """optimize --plot: measured plans with their band, predicted-only plans marked as such,
+    the tightening rounds numbered, "no fidelity measured" without calibration data."""
+    from onnx_depth.plot import plot_report
+
+    report = {
+        "budget": 0.7, "budget_tolerance": 0.0, "budget_met": True, "output": "o.onnx",
+        "planning": {
+            "importance": "data-free guess",
+            "considered": [[0.68, -2.0], [0.6, -3.0], [0.5, -5.0]],
+            "measured_plans": [{"predicted": 0.68, "measured": 0.74, "band": [0.7, 0.8], "importance": -2.0},
+                               {"predicted": 0.6, "measured": 0.66, "band": [0.62, 0.7], "importance": -3.0}],
+            "rounds": [{"measured": 0.74, "importance": -2.0}, {"measured": 0.66, "importance": -3.0}],
+            "chosen": [0.6, -3.0], "chosen_measured": [0.66, 0.62, 0.7],
+        },
+    }
+    svg = plot_report(report, tmp_path / "r.svg", title="m.onnx").read_text()
+    for text in ("no fidelity measured", "measured (median, p10-p90)", "predicted only, not measured (1)",
+                 "round 1", "round 2", "emitted (measured 0.660)", "budget 0.7", "data-free guess"):
+        assert text in svg, text
+    assert _png(plot_report(report, tmp_path / "r.png")) == (720, 500)
+    report["planning"]["importance"] = "measured"
+    assert "no fidelity measured" not in plot_report(report, tmp_path / "m.svg").read_text()

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import ir
+from ..fmt import human, shorten
 from .activations import REGIONS, find_activations
 from .calibration import as_calibration
 from .criteria import DEFAULT_TAU, decide, layercollapse_criterion, tlc_criterion
@@ -163,7 +164,7 @@ def render_table(rows: Sequence[dict]) -> str:
         other = sum(v for k, v in c.items() if k in ("SAT", "NEG", "LIN"))
         m = r.get("merge") or {}
         merge = m.get("merged", "-") if "refused" not in m else "-"
-        macs = f"{m['macs_before']}->{m['macs_after']}" if "macs_before" in m else "-"
+        macs = f"{human(m['macs_before'])}->{human(m['macs_after'])}" if "macs_before" in m else "-"
         fid = r.get("fidelity") or {}
 
         def f(k):
@@ -174,7 +175,7 @@ def render_table(rows: Sequence[dict]) -> str:
             return f"{agr}/{d['nmse']:.2g}"
 
         body.append([
-            str(r["label"])[:28], r["op"][:28], str(r["channels"] or "?"),
+            shorten(str(r["label"]), 40), r["op"][:28], str(r["channels"] or "?"),
             str(c.get("ON", "-")), str(c.get("OFF", "-")), str(c.get("MIXED", "-")), str(other) if c else "-",
             _pct(r.get("linear_fraction")), str(r.get("dead_channels") if r.get("dead_channels") is not None else "-"),
             merge, macs, f("naive"), f("refit"),

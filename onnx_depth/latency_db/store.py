@@ -56,6 +56,10 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         "CREATE TABLE fidelity (model TEXT NOT NULL, data TEXT NOT NULL, item TEXT NOT NULL,"
         " value TEXT NOT NULL, measured_at TEXT NOT NULL, PRIMARY KEY (model, data, item))",
     )),
+    (5, "end-to-end measurements of plans (emitted model vs original, interleaved)", (
+        "CREATE TABLE plan_measurements (fingerprint TEXT NOT NULL, model TEXT NOT NULL, plan TEXT NOT NULL,"
+        " value TEXT NOT NULL, measured_at TEXT NOT NULL, PRIMARY KEY (fingerprint, model, plan))",
+    )),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -319,6 +323,24 @@ class LatencyStore:
             c.executemany("INSERT OR REPLACE INTO fidelity (model, data, item, value, measured_at) VALUES (?, ?, ?, ?, ?)",
                           [(model, data, k, json.dumps(v), utc_now()) for k, v in values.items()])
 
+    # ---- plan measurements ----------------------------------------------------------------
+    def get_plan_measurement(self, fingerprint: "Fingerprint | str", model: str, plan: str) -> dict[str, Any] | None:
+        """The stored end-to-end measurement of `plan` (a plan key) on `model` (a model
+        signature) under `fingerprint`, or None (planning.budget reuses it: same DB, same plan)."""
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT value FROM plan_measurements WHERE fingerprint = ? AND model = ? AND plan = ?",
+                (_fp_key(fingerprint), model, plan)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_plan_measurement(self, fingerprint: "Fingerprint | str", model: str, plan: str,
+                             value: dict[str, Any]) -> None:
+        with self._write() as c:
+            if not isinstance(fingerprint, str):
+                self._record_fingerprint(c, fingerprint.key(), fingerprint.to_dict(), utc_now())
+            c.execute("INSERT OR REPLACE INTO plan_measurements (fingerprint, model, plan, value, measured_at)"
+                      " VALUES (?, ?, ?, ?, ?)", (_fp_key(fingerprint), model, plan, json.dumps(value), utc_now()))
+
     # ---- entries --------------------------------------------------------------------------
     def get(self, fingerprint: "Fingerprint | str", signature: str) -> Entry | None:
         """The entry for (fingerprint, signature), or None."""
@@ -365,10 +387,12 @@ class LatencyStore:
         with self._write() as c:
             if fingerprint is None:
                 n = c.execute("DELETE FROM entries").rowcount
+                c.execute("DELETE FROM plan_measurements")
                 c.execute("DELETE FROM fingerprints")
             else:
                 key = _fp_key(fingerprint)
                 n = c.execute("DELETE FROM entries WHERE fingerprint = ?", (key,)).rowcount
+                c.execute("DELETE FROM plan_measurements WHERE fingerprint = ?", (key,))
                 c.execute("DELETE FROM fingerprints WHERE key = ?", (key,))
         return int(n)
 

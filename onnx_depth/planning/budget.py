@@ -7,14 +7,24 @@ least fidelity cost, apply them, and check the result end to end.
     with real weights (realize.py) -> measure the emitted model against the original model
     interleaved with the same session settings -> if over budget, tighten and re-solve.
 
-Budget: the emitted model's latency / the original's, measured (`latency_db.timer.interleaved_ab`
-reports the median of per-round ratios and their p10-p90 band). A plan is accepted when the
-measured ratio is <= budget, or when it is at most NOISE_TOLERANCE (3%) over the budget with the
-p10 of the per-round ratios under it (reported as "within noise"). Otherwise the
-DP is re-solved with the internal budget scaled by budget / measured (at most `max_rounds`
-rounds). When even the fastest plan is predicted or measured over the budget the budget is
-infeasible: `BudgetInfeasible` (exit code 3) unless allow_over_budget, which emits the fastest
-plan found with a warning.
+Budget (one-sided): the emitted model's latency / the original's, measured end to end
+(`latency_db.timer.interleaved_ab`: the median of per-round ratios, and their p10-p90 band). A plan
+is accepted when the measured median ratio <= budget x (1 + tolerance); the tolerance is 0 unless
+the caller asks for one (`--budget-tolerance T`). When the band straddles that threshold, more
+rounds are measured (up to MAX_MEASURE_ROUNDS) before deciding on the median.
+The DP plans at budget x PLAN_MARGIN (0.97) first, so the first plan usually passes despite the
+latency model's error; over budget -> the internal budget is scaled by budget / measured and the
+DP re-solved (at most `max_rounds` rounds); still over -> the fastest plan is measured too. When
+no measured plan meets the budget (or the fastest plan is predicted and measured over it) the
+budget is infeasible: `BudgetInfeasible` (exit code 3) carrying the evidence (`.outcome`: the
+fastest plan found, predicted and measured), unless allow_over_budget, which emits the fastest
+measured plan with a warning.
+
+Determinism: every end-to-end measurement is stored in the latency DB (table
+plan_measurements, keyed by the device fingerprint, the original model's signature and the
+emitted model's signature) and reused, so a second run with the same model, options and DB takes
+the same decisions and writes the same bytes; `remeasure=True` (`--remeasure`) measures afresh
+(and replaces the stored measurements).
 
 max_error: the fastest plan whose MEASURED error on the calibration data is within E: bisection
 over the internal budget (each probe: DP, apply, evaluate), so the fidelity constraint is checked
@@ -31,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
+from .. import diagnostics
 from ..errors import BudgetInfeasible, InputError
 from ..ir import Graph
 from ..ir.exporter import to_proto
@@ -45,7 +56,10 @@ from .segments import Candidates, SegmentOption
 log = logging.getLogger("onnx_depth")
 
 MIN_GAIN = 0.02     # an option must be predicted >= 2% faster than keeping its layers
-NOISE_TOLERANCE = 0.03  # a median this far over the budget, with p10 under it, is "within noise"
+PLAN_MARGIN = 0.97  # the first DP solve aims at budget x this, so the first plan usually passes
+MEASURE_ROUNDS = 21       # interleaved rounds of one end-to-end measurement
+MAX_MEASURE_ROUNDS = 63   # ... extended up to this many while the p10-p90 band straddles the threshold
+MEASUREMENT_VERSION = "onnx-depth-plan-measurement-v1"
 DP_RESOLUTION = 6000  # latency units of the DP (each option rounds up: coarse units waste budget)
 MAX_LAZY_ROUNDS = 12  # DP re-solves while measuring the chosen plan's proxy importances
 METRICS = ("nmse", "top1")
@@ -85,6 +99,54 @@ class ErrorBound:
 
 
 @dataclass
+class Measurement:
+    """One end-to-end measurement of an emitted model against the original (interleaved
+    rounds): `ratio` the median of the per-round ratios, `band` their (p10, p90); the per-round
+    block medians in ms of both models; `cached` when it came from the latency DB."""
+
+    ratio: float
+    band: tuple[float, float]
+    rounds: int
+    ms_original: list[float]
+    ms_optimized: list[float]
+    shapes: dict[str, list[int]] | None = None
+    cached: bool = False
+
+    @classmethod
+    def from_rounds(cls, ms_original: Sequence[float], ms_optimized: Sequence[float],
+                    shapes: "dict[str, list[int]] | None" = None, cached: bool = False) -> "Measurement":
+        a, b = np.asarray(ms_original, dtype=np.float64), np.asarray(ms_optimized, dtype=np.float64)
+        r = b / a
+        return cls(float(np.median(r)), (float(np.percentile(r, 10)), float(np.percentile(r, 90))), len(r),
+                   [float(x) for x in a], [float(x) for x in b], shapes, cached)
+
+    def extended(self, more: "Measurement") -> "Measurement":
+        return Measurement.from_rounds(self.ms_original + more.ms_original, self.ms_optimized + more.ms_optimized,
+                                       self.shapes)
+
+    def straddles(self, threshold: float) -> bool:
+        return self.band[0] <= threshold < self.band[1]
+
+    @property
+    def median_ms(self) -> tuple[float, float]:
+        """(original, optimized) whole-model latency in ms: medians over the rounds."""
+        return float(np.median(self.ms_original)), float(np.median(self.ms_optimized))
+
+    def to_dict(self) -> dict:
+        return {"version": MEASUREMENT_VERSION, "ms_original": self.ms_original, "ms_optimized": self.ms_optimized,
+                "shapes": self.shapes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Measurement | None":
+        if not isinstance(d, dict) or d.get("version") != MEASUREMENT_VERSION or not d.get("ms_original"):
+            return None
+        return cls.from_rounds(d["ms_original"], d["ms_optimized"], d.get("shapes"), cached=True)
+
+    def summary(self) -> str:
+        return f"{self.ratio:.3f} (p10-p90 {self.band[0]:.3f}-{self.band[1]:.3f}, {self.rounds} rounds)"
+
+
+@dataclass
 class Round:
     """One solve -> apply -> measure round."""
 
@@ -94,6 +156,9 @@ class Round:
     band: tuple[float, float] | None = None
     error: float | None = None
     changes: int = 0
+    measured_rounds: int = 0
+    cached: bool = False
+    importance: float | None = None  # summed importance (log-fidelity estimate) of the plan
 
 
 @dataclass
@@ -106,11 +171,20 @@ class BudgetOutcome:
     predicted_ratio: float
     measured_ratio: float | None
     band: tuple[float, float] | None
-    met: str  # "yes" | "within noise" | "no (allowed)" | "n/a"
+    met: str  # "yes" | "yes (tolerance T)" | "no (allowed)" | "no" | "n/a"
     rounds: list[Round] = field(default_factory=list)
     considered: list[tuple[float, float]] = field(default_factory=list)  # (predicted ratio, importance) per solved budget
     timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)  # diagnostics records {"category", "message"}
+    measurement: Measurement | None = None  # of the emitted (or, on failure, the fastest) plan
+    why: str | None = None  # why the budget is not met (None when it is)
+    tolerance: float = 0.0
+    measured_plans: dict[str, tuple[float, Measurement, float]] = field(default_factory=dict)  # key -> (pred, m, importance)
+
+    @property
+    def budget_met(self) -> bool | None:
+        """True / False against the budget (None without a latency budget or measurement)."""
+        return None if self.met == "n/a" else self.met.startswith("yes")
 
     def changed(self) -> list[SegmentOption]:
         return [o for o in self.plan if o.kind != "keep"]
@@ -181,6 +255,15 @@ def _solve(chains: list[dp.Chain], lm: LatencyModel, budget_ms: float) -> list[S
     return [o.payload for segs in res.chosen for o in segs]
 
 
+def _changes(plan: list[SegmentOption]) -> int:
+    return sum(o.kind != "keep" for o in plan)
+
+
+def _lazy_timings(timings: dict[str, float], imp: Importance) -> None:
+    timings["options_evaluated"] = getattr(imp, "evaluated", 0)
+    timings["options_cached"] = getattr(imp, "cached", 0)
+
+
 def fastest_plan(chains: list[dp.Chain], lm: LatencyModel) -> list[SegmentOption]:
     """The plan of least predicted latency (DP with importance = -latency, no budget)."""
     fast = [dp.Chain(c.length, [dp.Option(o.st, o.end, o.latency, -o.latency, o.payload) for o in c.options], c.name)
@@ -216,7 +299,8 @@ def plan_for_budget(
     max_error: ErrorBound | None = None,
     calibration=None,
     original_graph: Graph | None = None,
-    measure: Callable[[onnx.ModelProto], tuple[float, tuple[float, float]]] | None = None,
+    measure: "Callable[[onnx.ModelProto, float | None], Measurement] | None" = None,
+    tolerance: float = 0.0,
     refit: bool = True,
     eval_samples: int = 32,
     max_rounds: int = 3,
@@ -227,12 +311,14 @@ def plan_for_budget(
 ) -> BudgetOutcome:
     """Solve, apply, measure (see the module docstring). `cands`: candidates of the lossless
     graph (real weights); `lm`: its latency model; `original`: the model as the user gave it
-    (fidelity reference and timing baseline); `measure(model) -> (ratio, (p10, p90))` times a
-    model against the original (None: no end-to-end check; the predicted ratio is used)."""
+    (fidelity reference and timing baseline); `measure(model, threshold) -> Measurement` times a
+    model against the original, measuring more rounds while the band straddles `threshold`
+    (None: no end-to-end check; the predicted ratio is used). `tolerance`: accept a measured
+    median up to budget x (1 + tolerance) (default 0: one-sided, median <= budget)."""
     if budget is None and max_error is None:
         raise InputError("give a latency budget or a maximum error")
     t0 = time.perf_counter()
-    warnings: list[str] = []
+    warnings: list[dict] = []
     timings: dict[str, float] = {}
     options = useful_options(cands, lm)
     reference = to_proto(cands.graph.copy(), check=False)
@@ -247,8 +333,9 @@ def plan_for_budget(
         if original_graph is None:
             raise ValueError("original_graph is needed for the data-free importance")
         imp = datafree_importance(cands, options, original_graph)
-        warnings.append("no calibration data: importance is a guess from TLC/LayerCollapse criteria and the "
-                        "fidelity cost is NOT measured; pass --calibration DATA")
+        diagnostics.warn("no calibration data: which layers to merge, linearize or prune was decided by a data-free "
+                         "guess of their importance (TLC/LayerCollapse criteria)",
+                         diagnostics.DataFreeWarning, sink=warnings)
     timings["importance_s"] = time.perf_counter() - t0
     allowed = set(imp.scores)
     original_plan = cands.original_plan()
@@ -283,66 +370,119 @@ def plan_for_budget(
     if max_error is not None:
         plan, graph = _bisect_error(cands, imp, max_error, calibration, original, solve_at, build, fast_ratio,
                                     eval_samples, threads, rounds, lm, base_pred)
-    else:
-        if fast_ratio > budget:
-            msg = (f"latency budget {budget:g} is infeasible: the fastest plan found is predicted at "
-                   f"{fast_ratio:.3f} of the original")
-            if not allow_over_budget:
-                raise BudgetInfeasible(msg + " (--allow-over-budget emits it anyway)")
-            warnings.append(msg + "; emitted anyway (--allow-over-budget)")
-            plan = fast
-        else:
-            plan = solve_at(budget)
-            if plan is None:  # the discretized DP (latencies rounded up) finds nothing at this budget
-                msg = (f"latency budget {budget:g} is infeasible at the DP's resolution: the fastest plan is predicted "
-                       f"at {fast_ratio:.3f} of the original")
-                if not allow_over_budget:
-                    raise BudgetInfeasible(msg + " (--allow-over-budget emits it anyway)")
-                warnings.append(msg + "; emitted anyway (--allow-over-budget)")
-                plan = fast
-        graph = build(plan)
-    timings["solve_apply_s"] = time.perf_counter() - t1
-    timings["options_evaluated"] = getattr(imp, "evaluated", 0)
-    timings["options_cached"] = getattr(imp, "cached", 0)
-    pred = lm.predict(plan) / base_pred
-    measured = band = None
-    met = "n/a"
-    if measure is not None:
-        t2 = time.perf_counter()
-        internal = budget if budget is not None else pred
-        for k in range(max_rounds):
-            measured, band = measure(to_proto(graph, check=False))
-            r = Round(internal, lm.predict(plan) / base_pred, measured, band, changes=sum(o.kind != "keep" for o in plan))
-            rounds.append(r)
-            if budget is None or measured <= budget:
-                met = "yes" if budget is not None else "n/a"
-                break
-            if measured <= budget * (1.0 + NOISE_TOLERANCE) and band[0] <= budget:
-                met = "within noise"
-                break
-            if k == max_rounds - 1:
-                break
-            # tighten: the model is `measured / predicted` off; aim that much lower
-            internal = internal * budget / measured
-            nxt = solve_at(internal) if internal >= fast_ratio else fast
-            if nxt is None or [o.id for o in nxt] == [o.id for o in plan]:
-                if plan is fast or [o.id for o in fast] == [o.id for o in plan]:
-                    break
-                nxt = fast
-            plan = nxt
-            graph = build(plan)
-        else:  # pragma: no cover - loop always breaks
-            pass
-        if budget is not None and met not in ("yes", "within noise"):
-            msg = (f"latency budget {budget:g} not met: measured {measured:.3f} (p10-p90 {band[0]:.3f}-{band[1]:.3f}) "
-                   f"after {len(rounds)} round(s); the fastest plan is predicted at {fast_ratio:.3f}")
-            if not allow_over_budget:
-                raise BudgetInfeasible(msg + " (--allow-over-budget emits it anyway)")
-            warnings.append(msg + "; emitted anyway (--allow-over-budget)")
-            met = "no (allowed)"
-        timings["measure_s"] = time.perf_counter() - t2
+        timings["solve_apply_s"] = time.perf_counter() - t1
+        _lazy_timings(timings, imp)
         pred = lm.predict(plan) / base_pred
-    return BudgetOutcome(graph, plan, cands, lm, imp, pred, measured, band, met, rounds, considered, timings, warnings)
+        m = measure(to_proto(graph, check=False), None) if measure is not None else None
+        if m is not None:
+            rounds.append(Round(pred, pred, m.ratio, m.band, changes=_changes(plan),
+                                importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
+        return BudgetOutcome(graph, plan, cands, lm, imp, pred, None if m is None else m.ratio,
+                             None if m is None else m.band, "n/a", rounds, considered, timings, warnings, m)
+    assert budget is not None
+    threshold = budget * (1.0 + tolerance)
+    ok_word = "yes" if tolerance == 0 else f"yes (tolerance {tolerance:g})"
+    measured_plans: dict[str, tuple[float, Measurement, float]] = {}  # key -> (predicted, measurement, importance)
+    graphs: dict[str, tuple[list[SegmentOption], Graph]] = {}
+
+    def key_of(plan: list[SegmentOption]) -> str:
+        return "|".join(sorted(o.id for o in plan))
+
+    def measured(plan: list[SegmentOption], g: Graph) -> Measurement:
+        k = key_of(plan)
+        if k not in measured_plans:
+            m = measure(to_proto(g, check=False), threshold)
+            measured_plans[k] = (lm.predict(plan) / base_pred, m, sum(imp.of(o) for o in plan))
+            graphs[k] = (plan, g)
+        return measured_plans[k][1]
+
+    def outcome(plan, g, m, met, why=None) -> BudgetOutcome:
+        return BudgetOutcome(g, plan, cands, lm, imp, lm.predict(plan) / base_pred, None if m is None else m.ratio,
+                             None if m is None else m.band, met, rounds, considered, timings, warnings, m, why,
+                             tolerance, measured_plans)
+
+    def infeasible(why: str) -> BudgetOutcome:
+        """The fastest plan found (least measured ratio, else the fastest predicted) as evidence;
+        emitted with a warning under allow_over_budget, else BudgetInfeasible carrying it."""
+        timings["measure_s"] = time.perf_counter() - t2
+        if measured_plans:
+            k = min(measured_plans, key=lambda k: (measured_plans[k][1].ratio, k))
+            best_plan, best_graph = graphs[k]
+            best_m = measured_plans[k][1]
+        else:
+            best_plan, best_graph, best_m = fast, build(fast), None
+        if allow_over_budget:
+            diagnostics.warn(f"{why}; emitted anyway (--allow-over-budget)", diagnostics.OverBudgetWarning,
+                             sink=warnings)
+            return outcome(best_plan, best_graph, best_m, "no (allowed)", why)
+        err = BudgetInfeasible(f"{why}; no model written (--allow-over-budget emits that plan anyway)")
+        err.outcome = outcome(best_plan, best_graph, best_m, "no", why)  # type: ignore[attr-defined]
+        raise err
+
+    def fastest_words(m: Measurement | None, pred: float) -> str:
+        if m is None:
+            return f"the fastest plan found is predicted at {pred:.3f} (not measured)"
+        return f"the fastest plan found is predicted at {pred:.3f} and measured at {m.summary()}"
+
+    def trial(plan: list[SegmentOption], g: Graph, internal: float) -> BudgetOutcome | None:
+        """Measure a plan (one Round); its outcome when it meets the budget, else None."""
+        m = measured(plan, g)
+        rounds.append(Round(internal, lm.predict(plan) / base_pred, m.ratio, m.band, changes=_changes(plan),
+                            importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
+        if m.ratio > threshold:
+            return None
+        timings["measure_s"] = time.perf_counter() - t2
+        return outcome(plan, g, m, ok_word)
+
+    t2 = time.perf_counter()
+    timings["solve_apply_s"] = 0.0
+    if fast_ratio > budget:  # predicted infeasible: measure the fastest plan anyway (the prediction has an error)
+        if measure is None:
+            return infeasible(f"latency budget {budget:g} is infeasible: the fastest plan found is predicted at "
+                              f"{fast_ratio:.3f} of the original")
+        ok = trial(fast, build(fast), fast_ratio)
+        return ok or infeasible(f"latency budget {budget:g} is infeasible: "
+                                f"{fastest_words(measured_plans[key_of(fast)][1], fast_ratio)}")
+    internal = budget * PLAN_MARGIN if budget * PLAN_MARGIN >= fast_ratio else budget
+    plan = solve_at(internal)
+    if plan is None and internal < budget:
+        internal = budget
+        plan = solve_at(budget)
+    if plan is None:  # the discretized DP (latencies rounded up) finds nothing at this budget
+        internal, plan = fast_ratio, fast
+    graph = build(plan)
+    timings["solve_apply_s"] = time.perf_counter() - t1
+    _lazy_timings(timings, imp)
+    if measure is None:
+        return outcome(plan, graph, None, "n/a")
+    for k in range(max_rounds):
+        ok = trial(plan, graph, internal)
+        if ok is not None:
+            return ok
+        m = measured_plans[key_of(plan)][1]
+        if k == max_rounds - 1 or key_of(plan) == key_of(fast):
+            break
+        # tighten: the latency model is `measured / predicted` off here; aim that much lower
+        internal = internal * budget / m.ratio
+        nxt = solve_at(internal) if internal >= fast_ratio else fast
+        if nxt is None or key_of(nxt) in measured_plans:
+            nxt = fast
+        plan = nxt
+        graph = build(plan)
+    if key_of(fast) not in measured_plans:  # evidence: the fastest plan, measured
+        ok = trial(fast, build(fast), fast_ratio)
+        if ok is not None:
+            return ok
+    fk = key_of(fast)
+    k_best = min(measured_plans, key=lambda k: (measured_plans[k][1].ratio, k))
+    pred_best, m_best, _ = measured_plans[k_best]
+    if k_best != fk:
+        words = (f"{fastest_words(m_best, pred_best)} (the plan predicted fastest measured "
+                 f"{measured_plans[fk][1].ratio:.3f})")
+    else:
+        words = fastest_words(m_best, pred_best)
+    tol = "" if tolerance == 0 else f" + tolerance {tolerance:g}"
+    return infeasible(f"latency budget {budget:g}{tol} not met after {len(rounds)} measured plan(s): {words}")
 
 
 class BudgetPlanner:
@@ -352,8 +492,8 @@ class BudgetPlanner:
 
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
-                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21,
-                 input_shapes=None) -> None:
+                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = MEASURE_ROUNDS,
+                 remeasure: bool = False, input_shapes=None) -> None:
         import onnxruntime as ort
 
         from ..errors import UnsupportedModel
@@ -381,6 +521,12 @@ class BudgetPlanner:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
                                    "met by merging (run with --lossless for the exact rewrites)")
         fp = current(provider=provider, threads=threads)
+        self.fingerprint = fp
+        self.remeasure, self._remeasured = remeasure, set()
+        self.shapes = _input_shapes(original) if input_shapes is None else \
+            {k: [int(d) for d in v] for k, v in sorted(input_shapes.shapes.items())}
+        # a stored end-to-end measurement holds for the model AND the shapes it was timed at
+        self.model_key = _model_key(original) + ("" if input_shapes is None else "@" + repr(self.shapes))
         self.store = LatencyStore(latency_db or default_path())
         try:
             self.profile = profile_candidates(self.cands, self.store, fp, progress=progress, input_shapes=input_shapes)
@@ -399,8 +545,31 @@ class BudgetPlanner:
     def close(self) -> None:
         self.store.close()
 
-    def measure(self, candidate: onnx.ModelProto) -> tuple[float, tuple[float, float]]:
-        """Latency ratio candidate / original, interleaved, with this planner's session settings."""
+    def measure(self, candidate: onnx.ModelProto, threshold: float | None = None) -> Measurement:
+        """Latency ratio candidate / original, interleaved, with this planner's session settings.
+
+        Stored in the latency DB under (fingerprint, signature of the original, signature of the
+        candidate) and reused unless `self.remeasure`; while the p10-p90 band straddles
+        `threshold`, more rounds are measured (up to MAX_MEASURE_ROUNDS) and the extended
+        measurement is stored."""
+        from ..latency_db.signature import signature
+
+        key = signature(candidate)
+        m = None
+        if not self.remeasure or key in self._remeasured:
+            m = Measurement.from_dict(self.store.get_plan_measurement(self.fingerprint, self.model_key, key) or {})
+        changed = m is None
+        if m is None:
+            m = self._time(candidate, self.rounds)
+        while threshold is not None and m.straddles(threshold) and m.rounds < MAX_MEASURE_ROUNDS:
+            m = m.extended(self._time(candidate, min(self.rounds, MAX_MEASURE_ROUNDS - m.rounds)))
+            changed = True
+        if changed:
+            self.store.put_plan_measurement(self.fingerprint, self.model_key, key, m.to_dict())
+            self._remeasured.add(key)
+        return m
+
+    def _time(self, candidate: onnx.ModelProto, rounds: int) -> Measurement:
         from ..latency_db.timer import interleaved_ab
 
         original = self.original
@@ -409,8 +578,8 @@ class BudgetPlanner:
 
             original, candidate = fix_inputs(original, self.input_shapes), fix_inputs(candidate, self.input_shapes)
         comp = interleaved_ab({"original": original, "optimized": candidate}, threads=self.threads,
-                              provider=self.provider, rounds=self.rounds)
-        return comp.ratios["optimized"], comp.ratio_spread["optimized"]
+                              provider=self.provider, rounds=rounds)
+        return Measurement.from_rounds(comp.round_ms["original"], comp.round_ms["optimized"], self.shapes)
 
     def fastest_ratio(self) -> float:
         """Predicted latency ratio of the fastest plan (the lowest budget worth asking for)."""
@@ -423,17 +592,48 @@ class BudgetPlanner:
         return lm.predict(plan) / lm.predict(self.cands.original_plan())
 
     def run(self, *, budget: float | None = None, max_error: "ErrorBound | str | float | None" = None,
-            allow_over_budget: bool = False, measure: bool = True) -> BudgetOutcome:
+            allow_over_budget: bool = False, measure: bool = True, tolerance: float = 0.0) -> BudgetOutcome:
         t0 = time.perf_counter()
         bound = None if max_error is None else ErrorBound.parse(max_error)
-        out = plan_for_budget(self.cands, self.latency, self.original, budget=budget, max_error=bound,
-                              calibration=self.calibration, original_graph=self.original_graph,
-                              measure=self.measure if measure else None, refit=self.refit,
-                              allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
-                              store=self.store)
+        if not (tolerance >= 0):
+            raise InputError(f"--budget-tolerance must be >= 0 (a fraction, e.g. 0.02), got {tolerance!r}")
+        try:
+            out = plan_for_budget(self.cands, self.latency, self.original, budget=budget, max_error=bound,
+                                  calibration=self.calibration, original_graph=self.original_graph,
+                                  measure=self.measure if measure else None, tolerance=tolerance, refit=self.refit,
+                                  allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
+                                  store=self.store)
+        except BudgetInfeasible as e:
+            failed = getattr(e, "outcome", None)
+            if failed is not None:
+                self._add_timings(failed, t0)
+            raise
+        return self._add_timings(out, t0)
+
+    def _add_timings(self, out: BudgetOutcome, t0: float) -> BudgetOutcome:
         out.timings = {"profile_s": self.profile_s, **out.timings, "profile_measured": self.profile.measured,
                        "profile_cached": self.profile.cached, "run_s": time.perf_counter() - t0}
         return out
+
+
+def _model_key(model: onnx.ModelProto) -> str:
+    """The original model's structural signature (what its latency depends on)."""
+    from ..latency_db.signature import signature
+
+    return signature(model)
+
+
+def _input_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Shapes the whole-model measurements use: graph inputs that are not initializers, symbolic
+    dims taken as 1 (the timer's default)."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        dims = v.type.tensor_type.shape.dim if v.type.HasField("tensor_type") else []
+        out[v.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims]
+    return out
 
 
 def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build, fast_ratio, eval_samples, threads,
@@ -473,4 +673,4 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
     return best[0], best[1]
 
 
-__all__ = ["BudgetOutcome", "BudgetPlanner", "ErrorBound", "Round", "fastest_plan", "plan_for_budget", "useful_options"]
+__all__ = ["BudgetOutcome", "BudgetPlanner", "ErrorBound", "Measurement", "Round", "fastest_plan", "plan_for_budget", "useful_options"]

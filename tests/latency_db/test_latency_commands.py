@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from onnx_depth.latency_db.commands import register, run
-from onnx_depth.latency_db.store import Entry, LatencyStore
+from onnx_depth.latency_db.store import SCHEMA_VERSION, Entry, LatencyStore
 
 
 def _cli(argv: list[str]) -> int:
@@ -44,7 +44,7 @@ def test_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _db(tmp_path)
     assert _cli(["db", "stats", "--latency-db", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "entries:          3 in 2 fingerprint(s)" in out and "schema version:   4" in out
+    assert "entries:          3 in 2 fingerprint(s)" in out and f"schema version:   {SCHEMA_VERSION}" in out
     assert _cli(["db", "stats", "--json", "--latency-db", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["per_fingerprint"]["fp0"]["entries"] == 2
 

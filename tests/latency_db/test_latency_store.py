@@ -193,7 +193,7 @@ def test_migration_from_v1(tmp_path: Path) -> None:
     c.commit()
     c.close()
     with LatencyStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == 5
         e = s.get("fp", "sig")
         assert e == Entry(7, 1.5, 1.0, 2.0, None, "2024-01-01T00:00:00+00:00", None)
         s.put("fp", "new", _entry(1))

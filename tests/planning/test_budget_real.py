@@ -59,7 +59,7 @@ def test_report_fields(mnist: dict) -> None:
     assert r["budget"] == BUDGET
     assert 0 < r["latency_ratio_predicted"] <= BUDGET
     assert 0 < r["latency_ratio_measured"] < 1.5  # noisy on a shared machine; the plan is what must fit
-    assert r["budget_met"] in ("yes", "within noise", "no (allowed)")
+    assert r["budget_met"] in (True, False) and r["budget_status"] in ("yes", "no (allowed)")
     assert r["fidelity"]["samples"] == N_CALIB  # evaluated on the calibration data
     assert r["planning"]["importance"] == "measured"
     assert r["depth_after"] < r["depth_before"]  # the Relu between the two Gemms is gone
