@@ -82,6 +82,9 @@ def optimize(
     allow_over_budget: bool = False,
     refit: bool = True,
     progress: bool = False,
+    cluster: str | None = None,
+    target: str | None = None,
+    cluster_timeout: float | None = None,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -100,8 +103,14 @@ def optimize(
     latency_db: the SQLite latency database (default $ONNX_DEPTH_LATENCY_DB or
     ~/.cache/onnx-depth/latency.sqlite). `check` > 0 (exact modes only) compares the original and
     the result with onnxruntime on that many random inputs and raises CheckFailed on a mismatch.
+
+    cluster="tcp://HOST:8786", target=NAME (budget / max-error modes; `pip install
+    onnx-depth[cluster]`): latencies are measured on the Dask workers of target NAME and stored
+    under THEIR fingerprint, the end-to-end check runs there too, and importance candidates run on
+    any worker (onnx_depth.cluster). `cluster_timeout`: seconds to reach the scheduler (default 10).
     """
     _check_args(latency_budget, max_error, lossless, calibration, check, threads)
+    _check_cluster_args(cluster, target, latency_budget is not None or max_error is not None)
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     # "before" describes the model as given, before our loader folds constants.
     before = metrics.model_stats(ir.load(model, fold=False))
@@ -117,8 +126,14 @@ def optimize(
     if latency_budget is not None or max_error is not None:
         original_graph = graph.copy()
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
-        outcome = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
-                          max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress)
+        remote = None if cluster is None else _open_cluster(cluster, target, cluster_timeout, provider, threads or 1)
+        try:
+            outcome = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
+                              max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress, remote)
+        finally:
+            where = None if remote is None else remote.where()
+            if remote is not None:
+                remote.close()
         graph = outcome.graph
     else:
         if cal is not None and not lossless:
@@ -154,6 +169,12 @@ def optimize(
             "chosen": [outcome.predicted_ratio, sum(outcome.importance.of(o) for o in outcome.plan)],
             "timings_s": outcome.timings,
         }
+        if where is not None:
+            report.planning["cluster"] = where
+            w = where.get("last_timing_worker") or {}
+            report.notes.append(f"latency measured on target {where['target']} (fingerprint {where['fingerprint']}); "
+                                f"end-to-end check on worker {w.get('name') or w.get('address')} at {w.get('address')} "
+                                f"(host {w.get('host')}, pid {w.get('pid')})")
         report.notes += outcome.warnings
         plan = outcome.plan_dict(source_name, report.budget, bound)
     if cal is not None:
@@ -169,11 +190,31 @@ def optimize(
     return OptimizeResult(out, report, plan)
 
 
+def _check_cluster_args(cluster, target, goal: bool) -> None:
+    if cluster is None and target is None:
+        return
+    if cluster is None or target is None:
+        raise InputError("--cluster and --target go together: --cluster tcp://HOST:8786 --target NAME")
+    if not goal:
+        raise InputError("--cluster needs --latency-budget or --max-error (it measures latency on the target)")
+
+
+def _open_cluster(cluster, target, timeout, provider, threads):
+    """A cluster.ClusterSession (dask is imported only here, only with --cluster)."""
+    from .cluster import DEFAULT_TIMEOUT_S, open_cluster
+
+    return open_cluster(cluster, target, provider=provider, threads=threads,
+                        timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
+
+
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,
-            refit, progress):
-    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner."""
+            refit, progress, remote=None):
+    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner
+    (on a cluster target when `remote`, a cluster.ClusterSession, is given)."""
     from .planning.budget import BudgetPlanner
 
+    hooks = {} if remote is None else {"fingerprint": remote.fingerprint, "measure_group": remote.timer.measure_group,
+                                       "measure_ab": remote.timer.measure_ab, "evaluate": remote.evaluator}
     with BudgetPlanner(graph, original, original_graph=original_graph, calibration=cal, threads=threads,
-                       provider=provider, latency_db=latency_db, refit=refit, progress=progress) as planner:
+                       provider=provider, latency_db=latency_db, refit=refit, progress=progress, **hooks) as planner:
         return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget)

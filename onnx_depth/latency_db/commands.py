@@ -83,6 +83,13 @@ def _register_profile(subparsers: "argparse._SubParsersAction[Any]") -> argparse
     p.add_argument("--no-dense", dest="dense", action="store_false",
                    help="only conv chains (skip Gemm/MatMul chains)")
     p.add_argument("--refresh", action="store_true", help="re-measure entries already in the database")
+    p.add_argument("--cluster", metavar="tcp://HOST:8786", default=None,
+                   help="time the segments on the Dask workers of --target instead of here; rows are stored under "
+                        "the workers' fingerprint (pip install onnx-depth[cluster])")
+    p.add_argument("--target", metavar="NAME", default=None,
+                   help="with --cluster: the target device (workers started with --resources \"onnxdepth-target-NAME=1\")")
+    p.add_argument("--cluster-timeout", type=float, default=None, metavar="S",
+                   help="with --cluster: seconds to reach the scheduler before exit 2 (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar, only the final count")
     p.set_defaults(func=run_profile)
@@ -102,21 +109,37 @@ def run_profile(args: argparse.Namespace) -> int:
         return _err_profile(f"--threads must be >= 1, got {args.threads}")
     if args.max_layers < 1 or args.max_kernel < 1:
         return _err_profile("--max-layers and --max-kernel must be >= 1")
+    cluster, target = getattr(args, "cluster", None), getattr(args, "target", None)
+    if (cluster is None) != (target is None):
+        return _err_profile("--cluster and --target go together: --cluster tcp://HOST:8786 --target NAME")
     available = ort.get_available_providers()
-    if args.provider not in available:
+    if cluster is None and args.provider not in available:
         return _err_profile(f"provider {args.provider!r} is not available; one of {', '.join(available)}")
+    remote = None
     try:
-        fp = current(provider=args.provider, threads=args.threads)
+        if cluster is not None:  # onnx_depth.cluster imports dask: only with --cluster
+            from ..cluster import DEFAULT_TIMEOUT_S, open_cluster
+
+            timeout = getattr(args, "cluster_timeout", None)
+            remote = open_cluster(cluster, target, provider=args.provider, threads=args.threads,
+                                  timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        fp = remote.fingerprint if remote is not None else current(provider=args.provider, threads=args.threads)
         cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense)
         if not quiet:
             print(f"{args.model}: {len(cands.options)} candidate options in {len(cands.chains)} chains, "
                   f"{len(cands.unique())} distinct segment models, {len(cands.cuts())} segment boundaries "
                   "to price, and the whole model")
             print(f"fingerprint {fp.key()}: {fp.describe()}")
+            if remote is not None:
+                print(f"measuring on {remote.target.describe()} via {remote.address}")
         with LatencyStore(path) as store:
-            res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet))
+            res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet),
+                                     measure=None if remote is None else remote.timer.measure_group)
     except LatencyDBError as e:
         return _err_profile(str(e))
+    finally:
+        if remote is not None:
+            remote.close()
     if not quiet:
         floors = sorted(e.floor_ms for e in res.entries.values() if e.floor_ms is not None)
         if floors:

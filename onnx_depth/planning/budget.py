@@ -223,6 +223,7 @@ def plan_for_budget(
     threads: int | None = None,
     progress: bool = False,
     store=None,
+    evaluate=None,
 ) -> BudgetOutcome:
     """Solve, apply, measure (see the module docstring). `cands`: candidates of the lossless
     graph (real weights); `lm`: its latency model; `original`: the model as the user gave it
@@ -237,7 +238,7 @@ def plan_for_budget(
     reference = to_proto(cands.graph.copy(), check=False)
     if calibration is not None:
         imp = MeasuredImportance(cands, options, reference, calibration, refit=refit, eval_samples=eval_samples,
-                                 threads=threads, progress=progress, store=store)
+                                 threads=threads, progress=progress, store=store, evaluate=evaluate)
     else:
         if max_error is not None:
             raise InputError("--max-error needs --calibration data (fidelity is measured on it)")
@@ -349,7 +350,12 @@ class BudgetPlanner:
 
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
-                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21) -> None:
+                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21,
+                 fingerprint=None, measure_group=None, measure_ab=None, evaluate=None) -> None:
+        """The last four are the hooks of a remote target (onnx_depth.cluster): `fingerprint` to
+        look latencies up under, `measure_group` to time profile groups (profiler), `measure_ab`
+        (original, candidate, rounds=) -> (ratio, band) for the end-to-end check, and `evaluate`
+        to run importance candidates (planning.importance). None: all here, on this machine."""
         import onnxruntime as ort
 
         from ..errors import UnsupportedModel
@@ -358,19 +364,20 @@ class BudgetPlanner:
         from .profiler import profile_candidates
         from .segments import candidates
 
-        if provider not in ort.get_available_providers():
+        if fingerprint is None and provider not in ort.get_available_providers():
             raise InputError(f"provider {provider!r} is not available; one of {', '.join(ort.get_available_providers())}")
         t0 = time.perf_counter()
         self.original, self.original_graph, self.calibration = original, original_graph, calibration
         self.threads, self.provider, self.refit, self.progress, self.rounds = threads, provider, refit, progress, rounds
+        self._measure_ab, self._evaluate = measure_ab, evaluate
         self.cands = candidates(graph)
         if not self.cands.chains:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
                                    "met by merging (run with --lossless for the exact rewrites)")
-        fp = current(provider=provider, threads=threads)
+        fp = fingerprint or current(provider=provider, threads=threads)
         self.store = LatencyStore(latency_db or default_path())
         try:
-            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress)
+            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress, measure=measure_group)
             self.latency = LatencyModel.from_profile(self.cands, self.profile)
         except BaseException:
             self.store.close()
@@ -390,6 +397,8 @@ class BudgetPlanner:
         """Latency ratio candidate / original, interleaved, with this planner's session settings."""
         from ..latency_db.timer import interleaved_ab
 
+        if self._measure_ab is not None:
+            return self._measure_ab(self.original, candidate, rounds=self.rounds)
         comp = interleaved_ab({"original": self.original, "optimized": candidate}, threads=self.threads,
                               provider=self.provider, rounds=self.rounds)
         return comp.ratios["optimized"], comp.ratio_spread["optimized"]
@@ -412,7 +421,7 @@ class BudgetPlanner:
                               calibration=self.calibration, original_graph=self.original_graph,
                               measure=self.measure if measure else None, refit=self.refit,
                               allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
-                              store=self.store)
+                              store=self.store, evaluate=self._evaluate)
         out.timings = {"profile_s": self.profile_s, **out.timings, "profile_measured": self.profile.measured,
                        "profile_cached": self.profile.cached, "run_s": time.perf_counter() - t0}
         return out
