@@ -44,7 +44,9 @@ def wait_for(client, future, *, what: str, resource: str | None = None, target: 
                                f"{' '.join(str(e).split())[:200]}") from None
         if client.status not in ("running", "connecting"):
             raise ClusterError(f"{what}: lost the Dask scheduler (client {client.status}); nothing of this job was stored")
-        if resource is not None:
+        if client.status != "running":  # reconnecting: counts against the same grace period
+            alive = {}
+        elif resource is not None:
             alive = target_workers(client, resource)
         else:
             try:
@@ -58,6 +60,8 @@ def wait_for(client, future, *, what: str, resource: str | None = None, target: 
         alone_since = alone_since or now
         if now - alone_since >= lost_grace_s:
             future.cancel()
+            if client.status != "running":
+                raise ClusterError(f"{what}: lost the Dask scheduler for {lost_grace_s:g} s; nothing of this job was stored")
             who = f"of target {target!r} " if target else ""
             raise ClusterError(f"{what}: no worker {who}is left (the last one died mid-job; waited {lost_grace_s:g} s "
                                "for another); nothing of this job was stored")

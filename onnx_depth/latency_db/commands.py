@@ -11,11 +11,14 @@ with exit code 2.
 
     profile MODEL [--threads N] [--provider NAME] [--latency-db PATH] [--max-layers K]
                   [--max-kernel K] [--no-dense] [--refresh]
+                  [--cluster tcp://HOST:8786 --target NAME [--cluster-timeout S]]
 
 loads MODEL, runs the lossless passes, enumerates every candidate segment option
 (onnx_depth.planning.segments) and times each distinct one that the database does not hold yet
 (plus the whole model), then prints "N measured, M cached". Latencies are stored per device
-fingerprint, which includes the thread count (default 1) and the provider.
+fingerprint, which includes the thread count (default 1) and the provider. With --cluster the
+segments are timed on the Dask workers of target NAME and stored under THEIR fingerprint
+(onnx_depth.cluster; dask is imported only then).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """onnx_depth.cluster against real `dask scheduler` / `dask worker` processes on 127.0.0.1.
 
 Workers (conftest.Cluster, all started once for the module):
-  wA  target "loop" and "mixed", reports CPU "loopback-device-A" (fake_cpu.py preload)
-  mY  target "mixed", reports CPU "loopback-device-Y"
-  kA, kB  target "kill" (this machine's real fingerprint), for the fault tests
+  wA      targets "loop" and "mixed", reports CPU "loopback-device-A" (fake_cpu.py preload)
+  kA, kB  target "kill" (this machine's real fingerprint), for the fault tests; kA also "mixed"
 """
 
 from __future__ import annotations
@@ -30,15 +29,15 @@ from tests.planning.conftest import hand_dag, lossless
 from .conftest import ROOT, free_port
 
 FAST = {"warmup": 1, "rounds": 3, "inner": 1}
+KILL_TIMER = {"warmup": 2, "rounds": 5}  # jobs of a few hundred ms: long enough to be caught running
 
 
 @pytest.fixture(scope="module")
 def workers(cluster):
     cluster.add_worker("wA", "loop", "mixed", fake_cpu="loopback-device-A")
-    cluster.add_worker("mY", "mixed", fake_cpu="loopback-device-Y")  # "mixed": two devices under one name
-    cluster.add_worker("kA", "kill")
+    cluster.add_worker("kA", "kill", "mixed")  # "mixed": two devices (A and this machine) under one name
     cluster.add_worker("kB", "kill")
-    return cluster.wait_workers("wA", "mY", "kA", "kB")
+    return cluster.wait_workers("wA", "kA", "kB")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +74,14 @@ def _probe_key(cluster, worker: dict) -> str:
 
 def test_profile_on_the_target_stores_the_local_keys_under_the_workers_fingerprint(cluster, workers, files, local_keys,
                                                                                    capsys) -> None:
+    from onnx_depth.cluster import open_cluster
+
     db = files["dir"] / "remote.sqlite"
-    rc = cli.main(["--debug", "profile", str(files["hand"]), "--latency-db", str(db), "--cluster", cluster.address, "--target", "loop"])
-    out = capsys.readouterr()
-    assert rc == 0, out.err
-    assert "loopback-device-A" in out.out and "target loop: 1 worker(s) (wA)" in out.out
+    with open_cluster(cluster.address, "loop", timeout=10) as session, LatencyStore(db) as store:
+        res = profile_candidates(candidates(lossless(hand_dag())), store, session.fingerprint,
+                                 measure=session.timer.measure_group, **FAST)
+        assert session.timer.jobs >= 3 and session.timer.last_worker["name"] == "wA"
+    assert res.measured == len(local_keys)
     rows = _rows(db)
     fps = {fp for fp, _ in rows}
     worker_key = _probe_key(cluster, workers["wA"])
@@ -87,10 +89,13 @@ def test_profile_on_the_target_stores_the_local_keys_under_the_workers_fingerpri
     assert {sig for _, sig in rows} == local_keys and len(rows) == len(local_keys)
     with LatencyStore(db) as s:
         assert s.fingerprints()[worker_key]["cpu_model"] == "loopback-device-A"
-    # a second run finds everything cached under the worker's fingerprint
-    assert cli.main(["-q", "profile", str(files["hand"]), "--latency-db", str(db), "--cluster", cluster.address,
-                     "--target", "loop"]) == 0
-    assert capsys.readouterr().out.strip() == f"0 measured, {len(local_keys)} cached"
+    # the command looks the same entries up under the worker's fingerprint: all cached
+    rc = cli.main(["profile", str(files["hand"]), "--latency-db", str(db), "--cluster", cluster.address, "--target", "loop"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "loopback-device-A" in out.out and "target loop: 1 worker(s) (wA)" in out.out
+    assert out.out.strip().splitlines()[-1] == f"0 measured, {len(local_keys)} cached"
+    assert len(_rows(db)) == len(local_keys)
 
 
 def test_budget_run_verifies_on_the_worker_and_says_where(cluster, workers, files, capsys) -> None:
@@ -112,6 +117,32 @@ def test_budget_run_verifies_on_the_worker_and_says_where(cluster, workers, file
     assert {fp for fp, _ in _rows(db)} == {where["fingerprint"]}
 
 
+@pytest.mark.parametrize("target,needle", [
+    ("mixed", "report different fingerprints"),
+    ("nobody", "no worker of target 'nobody'"),
+])
+def test_target_errors_are_one_line_exit_2(cluster, workers, files, tmp_path, capsys, target, needle) -> None:
+    rc = cli.main(["profile", str(files["ffn"]), "--latency-db", str(tmp_path / "x.sqlite"),
+                   "--cluster", cluster.address, "--target", target])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["optimize", "IN", "OUT", "--cluster", "tcp://127.0.0.1:1", "--target", "t"], "--cluster needs --latency-budget"),
+    (["optimize", "IN", "OUT", "--latency-budget", "0.7", "--cluster", "tcp://127.0.0.1:1"], "go together"),
+    (["profile", "IN", "--target", "t"], "go together"),
+    (["profile", "IN", "--cluster", "127.0.0.1:1", "--target", "no/slash"], "--target 'no/slash' must be a name"),
+    (["profile", "IN", "--cluster", "http://x", "--target", "t"], "is not a scheduler address"),
+])
+def test_cluster_usage_errors_before_any_connection(files, tmp_path, capsys, argv, needle) -> None:
+    argv = [{"IN": str(files["ffn"]), "OUT": str(tmp_path / "o.onnx")}.get(a, a) for a in argv]
+    rc = cli.main([*argv, "--latency-db", str(tmp_path / "x.sqlite")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_killed_worker_is_survived_then_the_last_one_is_an_error(cluster, workers, files, local_keys) -> None:
     from onnx_depth.cluster import ClusterError, open_cluster
 
@@ -123,7 +154,7 @@ def test_killed_worker_is_survived_then_the_last_one_is_an_error(cluster, worker
         try:
             with LatencyStore(db) as store:
                 box["res"] = profile_candidates(cands, store, session.fingerprint, refresh=refresh,
-                                                measure=session.timer.measure_group)
+                                                measure=session.timer.measure_group, **KILL_TIMER)
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             box["err"] = e
 
@@ -182,17 +213,6 @@ def test_unreachable_scheduler_is_exit_2_within_the_timeout(files, tmp_path, cap
     assert not (tmp_path / "x.sqlite").exists() or not _rows(tmp_path / "x.sqlite")
 
 
-@pytest.mark.parametrize("target,needle", [
-    ("mixed", "report different fingerprints"),
-    ("nobody", "no worker of target 'nobody'"),
-])
-def test_target_errors_are_one_line_exit_2(cluster, workers, files, tmp_path, capsys, target, needle) -> None:
-    rc = cli.main(["profile", str(files["ffn"]), "--latency-db", str(tmp_path / "x.sqlite"),
-                   "--cluster", cluster.address, "--target", target])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and needle in err and "Traceback" not in err, err
-
-
 def test_without_cluster_dask_is_never_imported(files, tmp_path) -> None:
     code = (
         "import sys\n"
@@ -204,3 +224,17 @@ def test_without_cluster_dask_is_never_imported(files, tmp_path) -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_olive_pass_passes_the_cluster_options_to_the_api() -> None:
+    pytest.importorskip("olive")
+    from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
+
+    from onnx_depth.olive.onnx_depth_pass import OnnxDepthPass
+
+    params = OnnxDepthPass.default_config(DEFAULT_CPU_ACCELERATOR)
+    assert all(params[k].default_value is None for k in ("cluster", "target", "cluster_timeout"))
+    kw = OnnxDepthPass.api_kwargs({"latency_budget": 0.7, "cluster": "tcp://127.0.0.1:8786", "target": "rpi5",
+                                   "cluster_timeout": 3.0})
+    assert kw == {"latency_budget": 0.7, "cluster": "tcp://127.0.0.1:8786", "target": "rpi5", "cluster_timeout": 3.0}
