@@ -219,6 +219,7 @@ def test_without_cluster_dask_is_never_imported(files, tmp_path) -> None:
         "from onnx_depth import cli\n"
         f"assert cli.main(['-q', 'profile', {str(files['ffn'])!r}, '--latency-db', {str(tmp_path / 'db.sqlite')!r}]) == 0\n"
         f"assert cli.main(['-q', 'optimize', {str(files['ffn'])!r}, {str(tmp_path / 'o.onnx')!r}]) == 0\n"
+        "import onnx_depth.cluster  # the package itself imports dask only when connecting\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
