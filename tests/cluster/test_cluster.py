@@ -117,6 +117,29 @@ def test_budget_run_verifies_on_the_worker_and_says_where(cluster, workers, file
     assert {fp for fp, _ in _rows(db)} == {where["fingerprint"]}
 
 
+def test_remote_evaluation_gives_the_local_comparison(cluster, workers, files) -> None:
+    from onnx_depth.analysis.calibration import load_calibration
+    from onnx_depth.cluster.evaluation import RemoteEvaluator
+    from onnx_depth.planning.importance import EvalSet
+    from onnx_depth.planning.realize import option_operator
+
+    cands = candidates(lossless(onnx.load(files["ffn"])))
+    opts = [o for o in cands.options if o.kind != "keep"]
+    reference = ir.to_proto(cands.graph.copy(), check=False)
+    ev = EvalSet(reference, load_calibration(files["cal"], reference), 8)
+    graphs = lambda: (cands.apply_graph([o], {o.id: option_operator(cands, o)}, partial=True) for o in opts)  # noqa: E731
+    local = [ev.compare(g) for g in graphs()]
+    remote = RemoteEvaluator(cluster.client, window=2)
+    try:
+        got = list(ev.compare_many(graphs(), remote))
+    finally:
+        remote.close()
+    assert len(got) == len(opts) >= 2 and remote.jobs == len(opts)
+    assert remote.workers_used <= {w["address"] for w in workers.values()} and remote.workers_used
+    for a, b in zip(local, got):
+        assert b.nmse == pytest.approx(a.nmse, rel=1e-6, abs=1e-12) and a.nmse > 0
+
+
 @pytest.mark.parametrize("target,needle", [
     ("mixed", "report different fingerprints"),
     ("nobody", "no worker of target 'nobody'"),
