@@ -87,7 +87,7 @@ def main() -> int:
     print(f"{MODEL}: {len(opts)} of {n_opts} distinct options, {cal.total} images", flush=True)
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=":0")
     client = Client(cluster)
     graphs = lambda: (cands.apply_graph([o], {o.id: ops[o.id]}, partial=True) for o in opts)  # noqa: E731
     times: dict[str, list[float]] = {k: [] for k in evals}
@@ -99,6 +99,7 @@ def main() -> int:
         list(evals["cluster"].compare_many((cands.graph.copy() for _ in range(4)), warm))
         warm.close()
         names = list(evals)
+        load0 = os.getloadavg()[0]
         for r in range(args.reps):
             for k in names[r % 3:] + names[:r % 3]:
                 t0 = time.perf_counter()
@@ -112,6 +113,7 @@ def main() -> int:
                 times[k].append(time.perf_counter() - t0)
                 nmse[k] = [float(c.nmse) for c in comps]
                 print(f"rep {r} {k:9s} {times[k][-1]:7.1f} s", flush=True)
+        load1 = os.getloadavg()[0]
     finally:
         import logging
 
@@ -128,7 +130,8 @@ def main() -> int:
     body = "\n".join([
         f"Importance evaluation (end to end) of {len(opts)} segment options of zoo {MODEL} (random weights) on "
         f"{cal.total} random 224x224 images, {args.reps} interleaved rounds; cluster = 2 loopback Dask worker "
-        f"processes ({', '.join(sorted(workers_used))}), 1 task and 1 ORT thread each.",
+        f"processes ({', '.join(sorted(workers_used))}), 1 task and 1 ORT thread each. "
+        f"Load average of the machine (other jobs included): {load0:.1f} at the start, {load1:.1f} at the end.",
         "",
         *rows,
         "",
