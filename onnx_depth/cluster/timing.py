@@ -1,7 +1,8 @@
 """The remote timing job: segment models timed on the target by the same timer, rows stored here.
 
 A job is one interleaved group (`latency_db.timer.interleaved_ab`), exactly what the local
-profiler times in one process (`latency_db.profile.measure_group`): the models travel as ONNX
+profiler times in one process (`latency_db.profile.measure_group`, which takes this job as its
+`timer` and stores the rows as it does locally): the models travel as ONNX
 bytes inside the task, the worker rebuilds its fingerprint with the run's session settings
 (`latency_db.fingerprint.current` there: its CPU, ISA, cores, onnxruntime version, provider),
 times the group with `fingerprint.session_kwargs()` and the caller's timer options, and returns
@@ -27,9 +28,9 @@ from typing import Any, Mapping
 import onnx
 
 from ..latency_db.fingerprint import Fingerprint
-from ..latency_db.signature import describe
+from ..latency_db.profile import measure_group
 from ..latency_db.store import Entry, LatencyStore
-from ..latency_db.timer import Timing
+from ..latency_db.timer import Comparison, Timing
 from .targets import Target, identity
 from .waiting import LOST_GRACE_S, wait_for
 
@@ -43,16 +44,18 @@ def time_group_job(blobs: Mapping[str, bytes], settings: Mapping[str, Any], time
     fp = current(**settings)
     models = {k: onnx.load_from_string(b) for k, b in blobs.items()}
     cmp = interleaved_ab(models, **fp.session_kwargs(), **dict(timer_kw))
-    return {"fingerprint": fp.to_dict(), "worker": identity(),
+    return {"fingerprint": fp.to_dict(), "worker": identity(), "baseline": cmp.baseline, "rounds": cmp.rounds,
             "timings": {k: asdict(t) for k, t in cmp.timings.items()},
             "ratios": dict(cmp.ratios), "ratio_spread": {k: list(v) for k, v in cmp.ratio_spread.items()},
             "round_ms": {k: list(v) for k, v in cmp.round_ms.items()}}
 
 
 class RemoteTimer:
-    """Timing on a target: `measure_group` (the profiler's hook, same signature as
-    `latency_db.profile.measure_group`) and `measure_ab` (the planner's end-to-end check).
-    `last_worker` is the identity of the worker that ran the latest job; `jobs` counts them."""
+    """Timing on a target: `interleaved_ab` (same signature and result as
+    `latency_db.timer.interleaved_ab`, run on a worker of the target), `measure_group` (the
+    profiler's hook: `latency_db.profile.measure_group` with that timer) and `measure_ab` (the
+    planner's end-to-end check). `last_worker` is the identity of the worker that ran the latest
+    job; `jobs` counts them."""
 
     def __init__(self, client, target: Target, settings: Mapping[str, Any], *, lost_grace_s: float = LOST_GRACE_S) -> None:
         self.client, self.target, self.settings = client, target, dict(settings)
@@ -60,53 +63,43 @@ class RemoteTimer:
         self.jobs = 0
         self.last_worker: dict[str, Any] | None = None
 
-    def _run(self, blobs: dict[str, bytes], timer_kw: Mapping[str, Any], what: str) -> dict:
+    def interleaved_ab(self, models: "Mapping[str, onnx.ModelProto]", **kw: Any) -> Comparison:
+        """`latency_db.timer.interleaved_ab` on the target. Session settings given in `kw` must be
+        the target fingerprint's (they are what the rows will be stored under)."""
+        session = self.target.fingerprint.session_kwargs()
+        for k in ("threads", "provider", "provider_options", "optimization"):
+            if k in kw and kw.pop(k) != session[k]:
+                raise ValueError(f"{k} differs from the session settings of target {self.target.name!r}")
+        blobs = {k: m.SerializeToString() for k, m in models.items()}
         with warnings.catch_warnings():  # the models are the payload: they belong in the task
             warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
-            fut = self.client.submit(time_group_job, blobs, self.settings, dict(timer_kw), pure=False,
+            fut = self.client.submit(time_group_job, blobs, self.settings, kw, pure=False,
                                      resources={self.target.resource: 1}, key=f"onnxdepth-time-{uuid.uuid4().hex}")
         try:
-            res = wait_for(self.client, fut, what=what, resource=self.target.resource, target=self.target.name,
-                           lost_grace_s=self.lost_grace_s)
+            res = wait_for(self.client, fut, what=f"timing {len(blobs)} model(s) on target {self.target.name!r}",
+                           resource=self.target.resource, target=self.target.name, lost_grace_s=self.lost_grace_s)
         finally:
             fut.release()
         self.target.check(res)
         self.jobs += 1
         self.last_worker = res["worker"]
-        return res
+        return Comparison(res["baseline"], {k: Timing(**t) for k, t in res["timings"].items()},
+                          {k: float(v) for k, v in res["ratios"].items()},
+                          {k: (float(v[0]), float(v[1])) for k, v in res["ratio_spread"].items()},
+                          int(res["rounds"]), {k: list(v) for k, v in res["round_ms"].items()})
 
-    def measure_group(self, store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint, *,
-                      store_only: "set[str] | None" = None, round_ms: "dict[str, list[float]] | None" = None,
-                      **timer_kw: Any) -> dict[str, Entry]:
-        """Time `models` (signature -> model) on the target; store each (those in `store_only`, if
-        given) under `fingerprint`, which must be the target's; returns signature -> entry."""
-        for k in ("threads", "provider", "provider_options", "optimization"):
-            if k in timer_kw:
-                raise TypeError(f"{k} comes from the fingerprint; do not pass it to measure_group()")
+    def measure_group(self, store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint,
+                      **kw: Any) -> dict[str, Entry]:
+        """`latency_db.profile.measure_group` timed on the target; `fingerprint` must be its."""
         if fingerprint != self.target.fingerprint:
             raise ValueError("measure_group on a target stores under the target's fingerprint only")
-        if not models:
-            return {}
-        names = {f"m{i}": sig for i, sig in enumerate(models)}
-        res = self._run({n: models[s].SerializeToString() for n, s in names.items()}, timer_kw,
-                        f"timing {len(models)} segment model(s) on target {self.target.name!r}")
-        out: dict[str, Entry] = {}
-        for n, sig in names.items():
-            out[sig] = Entry.from_timing(Timing(**res["timings"][n]), describe(models[sig]))
-            if round_ms is not None:
-                round_ms[sig] = list(res["round_ms"][n])
-        rows = [(sig, e) for sig, e in out.items() if store_only is None or sig in store_only]
-        if rows:
-            store.put_many([(fingerprint, sig, e) for sig, e in rows])  # one transaction per completed job
-        return out
+        return measure_group(store, models, fingerprint, timer=self.interleaved_ab, **kw)
 
     def measure_ab(self, original: onnx.ModelProto, candidate: onnx.ModelProto, *, rounds: int = 21,
                    **timer_kw: Any) -> tuple[float, tuple[float, float]]:
         """Latency ratio candidate / original on the target, interleaved (the planner's check)."""
-        res = self._run({"original": original.SerializeToString(), "optimized": candidate.SerializeToString()},
-                        {"rounds": rounds, **timer_kw}, f"end-to-end A/B timing on target {self.target.name!r}")
-        lo, hi = res["ratio_spread"]["optimized"]
-        return float(res["ratios"]["optimized"]), (float(lo), float(hi))
+        cmp = self.interleaved_ab({"original": original, "optimized": candidate}, rounds=rounds, **timer_kw)
+        return cmp.ratios["optimized"], cmp.ratio_spread["optimized"]
 
 
 __all__ = ["RemoteTimer", "time_group_job"]
