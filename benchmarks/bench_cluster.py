@@ -57,6 +57,25 @@ def pick_options(cands, n: int):
     return [opts[i] for i in sorted(set(idx))], len(opts)
 
 
+def headroom(model_bytes: bytes, feeds: list, n: int = 2) -> tuple[float, float]:
+    """What `n` processes can give here right now: (seconds of one outputs_job alone, seconds of
+    `n` of them at once in `n` processes). n * alone / together is the parallel throughput gain
+    (n on idle cores; about 1 when the machine's cores are already saturated by other jobs)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from onnx_depth.cluster.evaluation import outputs_job
+
+    with ProcessPoolExecutor(n) as pool:
+        list(pool.map(outputs_job, [model_bytes] * n, [feeds[:2]] * n, [["output"]] * n, [1] * n))  # warm
+        t0 = time.perf_counter()
+        pool.submit(outputs_job, model_bytes, feeds, ["output"], 1).result()
+        alone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(pool.map(outputs_job, [model_bytes] * n, [feeds] * n, [["output"]] * n, [1] * n))
+        together = time.perf_counter() - t0
+    return alone, together
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--options", type=int, default=12)
@@ -100,6 +119,8 @@ def main() -> int:
         warm.close()
         names = list(evals)
         load0 = os.getloadavg()[0]
+        probe_feeds = evals["local-1t"].feeds[:32]
+        heads = [headroom(reference.SerializeToString(), probe_feeds)]
         for r in range(args.reps):
             for k in names[r % 3:] + names[:r % 3]:
                 t0 = time.perf_counter()
@@ -114,6 +135,7 @@ def main() -> int:
                 nmse[k] = [float(c.nmse) for c in comps]
                 print(f"rep {r} {k:9s} {times[k][-1]:7.1f} s", flush=True)
         load1 = os.getloadavg()[0]
+        heads.append(headroom(reference.SerializeToString(), probe_feeds))
     finally:
         import logging
 
@@ -136,6 +158,11 @@ def main() -> int:
         *rows,
         "",
         f"Local and cluster NMSE per option agree to a relative {diff:.1e} (same onnxruntime on the same machine).",
+        "",
+        "Parallel headroom of this machine at the time (plain processes, no Dask: one evaluation of the reference "
+        "model on 32 images alone, then two at once in two processes; gain = 2 x alone / together, 2.0 on idle "
+        "cores): " + "; ".join(f"{'before' if i == 0 else 'after'}: {a:.1f} s alone, {t:.1f} s for two, "
+                               f"gain {2 * a / t:.2f}" for i, (a, t) in enumerate(heads)) + ".",
         "",
         f"What this can show: the fan-out works and what it costs here; the cluster arm includes scattering the "
         f"{cal.total} images ({cal.total * 3 * 224 * 224 * 4 / 2**20:.0f} MB) to each worker and shipping one ONNX "
