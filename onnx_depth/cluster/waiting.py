@@ -26,22 +26,25 @@ def wait_for(client, future, *, what: str, resource: str | None = None, target: 
 
     alone_since: float | None = None
     while True:
-        try:
-            return future.result(timeout=POLL_S)
-        except TimeoutError:
-            pass
-        except KilledWorker as e:
-            raise ClusterError(f"{what}: the job killed {e.last_worker.address if getattr(e, 'last_worker', None) else 'its workers'} "
-                               "repeatedly (allowed-failures reached); nothing of it was stored") from None
-        except OSError as e:
-            raise ClusterError(f"{what}: lost the Dask scheduler ({e})") from None
-        except ClusterError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the job failed on the worker: one line here
-            if future.status != "error":
-                raise
-            raise ClusterError(f"{what} failed on the worker: {type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:200]}") from None
+        # poll done() (local state, no round trip) rather than result(timeout=...): a short
+        # callback timeout can race with the client's event loop under load (distributed's sync
+        # then fails with UnboundLocalError instead of a TimeoutError)
+        deadline = time.monotonic() + POLL_S
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if future.done():
+            try:
+                return future.result()
+            except KilledWorker as e:
+                raise ClusterError(f"{what}: the job killed {e.last_worker.address if getattr(e, 'last_worker', None) else 'its workers'} "
+                                   "repeatedly (allowed-failures reached); nothing of it was stored") from None
+            except OSError as e:
+                raise ClusterError(f"{what}: lost the Dask scheduler ({e})") from None
+            except Exception as e:  # noqa: BLE001 - the job failed on the worker: one line here
+                if future.status != "error":
+                    raise
+                raise ClusterError(f"{what} failed on the worker: {type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:200]}") from None
         if client.status not in ("running", "connecting"):
             raise ClusterError(f"{what}: lost the Dask scheduler (client {client.status}); nothing of this job was stored")
         if client.status != "running":  # reconnecting: counts against the same grace period
