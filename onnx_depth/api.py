@@ -94,6 +94,9 @@ def optimize(
     fix_shapes: bool = False,
     budget_tolerance: float = 0.0,
     remeasure: bool = False,
+    cluster: str | None = None,
+    target: str | None = None,
+    cluster_timeout: float | None = None,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -125,8 +128,13 @@ def optimize(
     symbolic input dims for shape inference, profiling, timing and `check` (onnx_depth.shapes:
     without it, batch 1 and the calibration data's shapes; otherwise InputError). The emitted
     model keeps the input's symbolic dims unless `fix_shapes`, which writes the static shapes.
+    cluster="tcp://HOST:8786", target=NAME (budget / max-error modes; `pip install
+    onnx-depth[cluster]`): latencies are measured on the Dask workers of target NAME and stored
+    under THEIR fingerprint, the end-to-end check runs there too, and importance candidates run on
+    any worker (onnx_depth.cluster). `cluster_timeout`: seconds to reach the scheduler (default 10).
     """
     _check_args(latency_budget, max_error, lossless, calibration, check, threads, budget_tolerance)
+    _check_cluster_args(cluster, target, latency_budget is not None or max_error is not None)
     from . import shapes as _shapes
 
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
@@ -153,18 +161,24 @@ def optimize(
     if latency_budget is not None or max_error is not None:
         original_graph = graph.copy()
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
+        remote = None if cluster is None else _open_cluster(cluster, target, cluster_timeout, provider, threads or 1)
         try:
             outcome, env = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
                                    max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress,
-                                   budget_tolerance, remeasure, fixed)
+                                   budget_tolerance, remeasure, fixed, remote)
         except BudgetInfeasible as e:
             failed = getattr(e, "outcome", None)
             if failed is not None:  # evidence: the report and plan of the fastest plan found (nothing emitted)
                 e.report, e.plan = _budget_report(failed, getattr(e, "environment", None), source_name, before, results,
                                                   latency_budget, max_error, threads, provider, budget_tolerance)
                 _note_shapes(e.report, fixed)
+                _note_cluster(e.report, None if remote is None else remote.where())
                 e.report.warnings = list(failed.warnings)
             raise
+        finally:
+            where = None if remote is None else remote.where()
+            if remote is not None:
+                remote.close()
         graph = outcome.graph
         warnings += outcome.warnings
     else:
@@ -181,6 +195,7 @@ def optimize(
     if outcome is not None:
         report, plan = _budget_report(outcome, env, source_name, before, results, latency_budget, max_error, threads,
                                       provider, budget_tolerance, after=metrics.model_stats(graph))
+        _note_cluster(report, where)
         if cal is None and outcome.changed():
             diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
                              "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
@@ -344,16 +359,47 @@ def _budget_report(outcome, env, source_name, before, results, latency_budget, m
     return report, plan
 
 
+def _check_cluster_args(cluster, target, goal: bool) -> None:
+    if cluster is None and target is None:
+        return
+    if cluster is None or target is None:
+        raise InputError("--cluster and --target go together: --cluster tcp://HOST:8786 --target NAME")
+    if not goal:
+        raise InputError("--cluster needs --latency-budget or --max-error (it measures latency on the target)")
+
+
+def _open_cluster(cluster, target, timeout, provider, threads):
+    """A cluster.ClusterSession (dask is imported only here, only with --cluster)."""
+    from .cluster import DEFAULT_TIMEOUT_S, open_cluster
+
+    return open_cluster(cluster, target, provider=provider, threads=threads,
+                        timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
+
+
+def _note_cluster(report: Report, where: "dict | None") -> None:
+    """Where latency was measured and the end-to-end check ran, for a --cluster run."""
+    if where is None:
+        return
+    report.planning["cluster"] = where
+    w = where.get("last_timing_worker") or {}
+    report.notes.append(f"latency measured on target {where['target']} (fingerprint {where['fingerprint']}); "
+                        f"end-to-end check on worker {w.get('name') or w.get('address')} at {w.get('address')} "
+                        f"(host {w.get('host')}, pid {w.get('pid')})")
+
+
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,
-            refit, progress, tolerance, remeasure, input_shapes=None):
-    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner.
+            refit, progress, tolerance, remeasure, input_shapes=None, remote=None):
+    """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner
+    (on a cluster target when `remote`, a cluster.ClusterSession, is given).
     Returns (outcome, environment for the report)."""
     from .planning.budget import BudgetPlanner
     from .report import environment
 
+    hooks = {} if remote is None else {"fingerprint": remote.fingerprint, "measure_group": remote.timer.measure_group,
+                                       "measure_ab": remote.timer.measure_ab, "evaluate": remote.evaluator}
     with BudgetPlanner(graph, original, original_graph=original_graph, calibration=cal, threads=threads,
                        provider=provider, latency_db=latency_db, refit=refit, progress=progress,
-                       remeasure=remeasure, input_shapes=input_shapes) as planner:
+                       remeasure=remeasure, input_shapes=input_shapes, **hooks) as planner:
         env = environment(planner.fingerprint)
         try:
             return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget,

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     o.add_argument("--emit-ort", metavar="DIR", help="also convert OUT to ORT format in DIR with onnxruntime's converter, with its required_operators.config (for reduced onnxruntime builds)")
     o.add_argument("--plot", metavar="FILE.png", help="with --latency-budget / --max-error: plot latency ratio vs estimated fidelity of the plans considered and the chosen one (needs matplotlib: pip install onnx-depth[plot])")
+    _add_cluster_options(o)
     o.set_defaults(func=_cmd_optimize)
 
     d = sub.add_parser("demo", help="build a built-in model and optimize it under a latency budget")
@@ -108,6 +109,13 @@ def _quiet_everywhere(parser: argparse.ArgumentParser) -> None:
                 child.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                                    help="print only errors, warnings and the final result")
             _quiet_everywhere(child)
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """--cluster / --target / --cluster-timeout (onnx_depth.cluster; dask is imported only when given)."""
+    p.add_argument("--cluster", metavar="tcp://HOST:8786", help="measure latency on the Dask workers of --target (started on the device with `dask worker tcp://HOST:8786 --nthreads 1 --resources \"onnxdepth-target-NAME=1\"`) and evaluate importance on any worker (pip install onnx-depth[cluster])")
+    p.add_argument("--target", metavar="NAME", help="with --cluster: the target device's name (its workers hold the Dask resource onnxdepth-target-NAME); latencies are stored under their fingerprint")
+    p.add_argument("--cluster-timeout", type=float, default=None, metavar="S", help="with --cluster: seconds to reach the scheduler before giving up with exit 2 (default 10)")
 
 
 def _print_stats(stats, as_json: bool) -> None:
@@ -171,7 +179,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
                            allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
                            progress=progress_wanted(quiet), budget_tolerance=getattr(args, "budget_tolerance", 0.0),
                            remeasure=bool(getattr(args, "remeasure", False)),
-                           input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)))
+                           input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)),
+                           cluster=getattr(args, "cluster", None), target=getattr(args, "target", None),
+                           cluster_timeout=getattr(args, "cluster_timeout", None))
     except OnnxDepthError as e:
         report = getattr(e, "report", None)
         if report is not None:  # planning started: leave the evidence

@@ -11,11 +11,14 @@ with exit code 2.
 
     profile MODEL [--threads N] [--provider NAME] [--latency-db PATH] [--max-layers K]
                   [--max-kernel K] [--no-dense] [--refresh]
+                  [--cluster tcp://HOST:8786 --target NAME [--cluster-timeout S]]
 
 loads MODEL, runs the lossless passes, enumerates every candidate segment option
 (onnx_depth.planning.segments) and times each distinct one that the database does not hold yet
 (plus the whole model), then prints "N measured, M cached". Latencies are stored per device
-fingerprint, which includes the thread count (default 1) and the provider.
+fingerprint, which includes the thread count (default 1) and the provider. With --cluster the
+segments are timed on the Dask workers of target NAME and stored under THEIR fingerprint
+(onnx_depth.cluster; dask is imported only then).
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def _register_profile(subparsers: "argparse._SubParsersAction[Any]") -> argparse
     p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2,...", dest="input_shape",
                    help="concrete dims of a symbolic input to profile at (repeatable; default: batch 1)")
     p.add_argument("--refresh", action="store_true", help="re-measure entries already in the database")
+    p.add_argument("--cluster", metavar="tcp://HOST:8786", default=None,
+                   help="time the segments on the Dask workers of --target instead of here; rows are stored under "
+                        "the workers' fingerprint (pip install onnx-depth[cluster])")
+    p.add_argument("--target", metavar="NAME", default=None,
+                   help="with --cluster: the target device (workers started with --resources \"onnxdepth-target-NAME=1\")")
+    p.add_argument("--cluster-timeout", type=float, default=None, metavar="S",
+                   help="with --cluster: seconds to reach the scheduler before exit 2 (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bar, only the final count")
     p.set_defaults(func=run_profile)
@@ -104,11 +114,21 @@ def run_profile(args: argparse.Namespace) -> int:
         return _err_profile(f"--threads must be >= 1, got {args.threads}")
     if args.max_layers < 1 or args.max_kernel < 1:
         return _err_profile("--max-layers and --max-kernel must be >= 1")
+    cluster, target = getattr(args, "cluster", None), getattr(args, "target", None)
+    if (cluster is None) != (target is None):
+        return _err_profile("--cluster and --target go together: --cluster tcp://HOST:8786 --target NAME")
     available = ort.get_available_providers()
-    if args.provider not in available:
+    if cluster is None and args.provider not in available:
         return _err_profile(f"provider {args.provider!r} is not available; one of {', '.join(available)}")
+    remote = None
     try:
-        fp = current(provider=args.provider, threads=args.threads)
+        if cluster is not None:  # onnx_depth.cluster imports dask: only with --cluster
+            from ..cluster import DEFAULT_TIMEOUT_S, open_cluster
+
+            timeout = getattr(args, "cluster_timeout", None)
+            remote = open_cluster(cluster, target, provider=args.provider, threads=args.threads,
+                                  timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        fp = remote.fingerprint if remote is not None else current(provider=args.provider, threads=args.threads)
         cands = prepare(args.model, max_layers=args.max_layers, max_kernel=args.max_kernel, dense=args.dense,
                         input_shapes=getattr(args, "input_shape", None))
         if not quiet:
@@ -116,8 +136,11 @@ def run_profile(args: argparse.Namespace) -> int:
                   f"{len(cands.unique())} distinct segment models, {len(cands.cuts())} segment boundaries "
                   "to price, and the whole model")
             print(f"fingerprint {fp.key()}: {fp.describe()}")
+            if remote is not None:
+                print(f"measuring on {remote.target.describe()} via {remote.address}")
         with LatencyStore(path) as store:
-            res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet))
+            res = profile_candidates(cands, store, fp, refresh=args.refresh, progress=progress_wanted(quiet),
+                                     measure=None if remote is None else remote.timer.measure_group)
     except LatencyDBError as e:
         return _err_profile(str(e))
     except Exception as e:  # noqa: BLE001 - onnxruntime refusing the INPUT model at the profiled shapes
@@ -126,6 +149,9 @@ def run_profile(args: argparse.Namespace) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return _err_profile(f"onnxruntime cannot run {args.model} at the shapes it is profiled at "
                             f"(symbolic dims are set to 1): {first[:300]}")
+    finally:
+        if remote is not None:
+            remote.close()
     if not quiet:
         floors = sorted(e.floor_ms for e in res.entries.values() if e.floor_ms is not None)
         if floors:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import onnx
 
@@ -10,6 +10,9 @@ from .fingerprint import Fingerprint
 from .signature import describe, signature
 from .store import Entry, LatencyStore
 from .timer import time_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .timer import Comparison
 
 
 def measure(store: LatencyStore, model: onnx.ModelProto, fingerprint: Fingerprint, *,
@@ -33,14 +36,16 @@ def measure(store: LatencyStore, model: onnx.ModelProto, fingerprint: Fingerprin
 
 def measure_group(store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint,
                   *, store_only: "set[str] | None" = None, round_ms: "dict[str, list[float]] | None" = None,
-                  **timer_kw: Any) -> dict[str, Entry]:
+                  timer: "Callable[..., Comparison] | None" = None, **timer_kw: Any) -> dict[str, Entry]:
     """Time several models together (timer.interleaved_ab: rotating rounds in one process, each
     with its own call-overhead floor) and store each under its signature (only those in
     `store_only`, if given). `models` maps signature -> model; returns signature -> entry for
     every model. Measuring neighbours in one group keeps their differences (e.g. what a segment
     boundary costs) free of the machine's drift between separate measurements; `round_ms`, if
     given, receives each model's per-round block medians (ms) to take differences round by
-    round."""
+    round. `timer` replaces `timer.interleaved_ab` (same signature and result), e.g.
+    `cluster.timing.RemoteTimer.interleaved_ab`, which times the group on a target device (then
+    `fingerprint` must be that device's). The group's rows are written in one transaction."""
     from .timer import interleaved_ab
 
     for k in ("threads", "provider", "provider_options", "optimization"):
@@ -49,12 +54,13 @@ def measure_group(store: LatencyStore, models: "dict[str, onnx.ModelProto]", fin
     if not models:
         return {}
     names = {f"m{i}": sig for i, sig in enumerate(models)}
-    cmp = interleaved_ab({n: models[s] for n, s in names.items()}, **fingerprint.session_kwargs(), **timer_kw)
+    cmp = (timer or interleaved_ab)({n: models[s] for n, s in names.items()}, **fingerprint.session_kwargs(), **timer_kw)
     out: dict[str, Entry] = {}
     for n, sig in names.items():
         out[sig] = Entry.from_timing(cmp.timings[n], describe(models[sig]))
-        if store_only is None or sig in store_only:
-            store.put(fingerprint, sig, out[sig])
         if round_ms is not None:
             round_ms[sig] = list(cmp.round_ms[n])
+    rows = [(fingerprint, sig, e) for sig, e in out.items() if store_only is None or sig in store_only]
+    if rows:
+        store.put_many(rows)  # one transaction: a group's rows are stored together or not at all
     return out

@@ -461,10 +461,14 @@ class LatencyStore:
                 changed += self._upsert(c, row, newer_only=True)
         return changed
 
-    def put_many(self, rows: Sequence[tuple[str, str, Entry]], *, newer_only: bool = False) -> int:
-        """Upsert many (fingerprint key, signature, entry) in one transaction."""
+    def put_many(self, rows: "Sequence[tuple[Fingerprint | str, str, Entry]]", *, newer_only: bool = False) -> int:
+        """Upsert many (fingerprint or its key, signature, entry) in one transaction (a
+        Fingerprint object also records its details, as `put` does)."""
         with self._write() as c:
-            return sum(self._upsert(c, (fp, sig, *astuple_entry(e)), newer_only) for fp, sig, e in rows)
+            for fp, _sig, e in rows:
+                if not isinstance(fp, str):
+                    self._record_fingerprint(c, fp.key(), fp.to_dict(), e.measured_at)
+            return sum(self._upsert(c, (_fp_key(fp), sig, *astuple_entry(e)), newer_only) for fp, sig, e in rows)
 
     @staticmethod
     def _upsert(c: sqlite3.Connection, row: tuple[Any, ...], newer_only: bool) -> int:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Config name -> keyword of onnx_depth.api.optimize. A value left at None is not passed, so the
 # API's own default applies (as when the CLI option is not given).
 _API_PARAMS = ("latency_budget", "max_error", "calibration", "lossless", "threads", "provider", "latency_db",
-               "check", "seed", "allow_over_budget")
+               "check", "seed", "allow_over_budget", "cluster", "target", "cluster_timeout")
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,6 +86,18 @@ class OnnxDepthPass(Pass):
             "allow_over_budget": PassConfigParam(
                 type_=Optional[bool], default_value=None,
                 description="Keep the best plan found even if its measured latency misses the budget.",
+            ),
+            "cluster": PassConfigParam(
+                type_=Optional[str], default_value=None,
+                description="Dask scheduler (tcp://HOST:8786): measure latency on the workers of `target` and evaluate importance on the cluster (pip install onnx-depth[cluster]).",
+            ),
+            "target": PassConfigParam(
+                type_=Optional[str], default_value=None,
+                description="With `cluster`: the target device's name (workers started with --resources onnxdepth-target-NAME=1).",
+            ),
+            "cluster_timeout": PassConfigParam(
+                type_=Optional[float], default_value=None,
+                description="With `cluster`: seconds to reach the scheduler before failing (default 10).",
             ),
             "report": PassConfigParam(
                 type_=bool, default_value=True,

@@ -308,6 +308,7 @@ def plan_for_budget(
     threads: int | None = None,
     progress: bool = False,
     store=None,
+    evaluate=None,
 ) -> BudgetOutcome:
     """Solve, apply, measure (see the module docstring). `cands`: candidates of the lossless
     graph (real weights); `lm`: its latency model; `original`: the model as the user gave it
@@ -326,7 +327,7 @@ def plan_for_budget(
         # removed activations become per-channel affine maps fitted on the data (issue 12 §2)
         fit_activation_maps(cands, reference, calibration, threads=threads)
         imp = MeasuredImportance(cands, options, reference, calibration, refit=refit, eval_samples=eval_samples,
-                                 threads=threads, progress=progress, store=store)
+                                 threads=threads, progress=progress, store=store, evaluate=evaluate)
     else:
         if max_error is not None:
             raise InputError("--max-error needs --calibration data (fidelity is measured on it)")
@@ -493,7 +494,12 @@ class BudgetPlanner:
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
                  latency_db=None, refit: bool = True, progress: bool = False, rounds: int = MEASURE_ROUNDS,
-                 remeasure: bool = False, input_shapes=None) -> None:
+                 remeasure: bool = False, input_shapes=None,
+                 fingerprint=None, measure_group=None, measure_ab=None, evaluate=None) -> None:
+        """The last four are the hooks of a remote target (onnx_depth.cluster): `fingerprint` to
+        look latencies up under, `measure_group` to time profile groups (profiler), `measure_ab`
+        (original, candidate, rounds=) -> the timer's Comparison for the end-to-end check, and
+        `evaluate` to run importance candidates (planning.importance). None: all here."""
         import onnxruntime as ort
 
         from ..errors import UnsupportedModel
@@ -502,7 +508,7 @@ class BudgetPlanner:
         from .profiler import profile_candidates
         from .segments import candidates
 
-        if provider not in ort.get_available_providers():
+        if fingerprint is None and provider not in ort.get_available_providers():
             raise InputError(f"provider {provider!r} is not available; one of {', '.join(ort.get_available_providers())}")
         t0 = time.perf_counter()
         self.original, self.original_graph, self.calibration = original, original_graph, calibration
@@ -516,11 +522,12 @@ class BudgetPlanner:
         self.input_shapes = input_shapes
         if input_shapes is not None:
             graph.fixed_shapes = fixed_view(graph, input_shapes, threads=threads)
+        self._measure_ab, self._evaluate = measure_ab, evaluate
         self.cands = candidates(graph)
         if not self.cands.chains:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
                                    "met by merging (run with --lossless for the exact rewrites)")
-        fp = current(provider=provider, threads=threads)
+        fp = fingerprint or current(provider=provider, threads=threads)
         self.fingerprint = fp
         self.remeasure, self._remeasured = remeasure, set()
         self.shapes = _input_shapes(original) if input_shapes is None else \
@@ -529,7 +536,8 @@ class BudgetPlanner:
         self.model_key = _model_key(original) + ("" if input_shapes is None else "@" + repr(self.shapes))
         self.store = LatencyStore(latency_db or default_path())
         try:
-            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress, input_shapes=input_shapes)
+            self.profile = profile_candidates(self.cands, self.store, fp, progress=progress, input_shapes=input_shapes,
+                                               measure=measure_group)
             self.latency = LatencyModel.from_profile(self.cands, self.profile)
         except BaseException:
             self.store.close()
@@ -577,8 +585,11 @@ class BudgetPlanner:
             from ..shapes import fix_inputs
 
             original, candidate = fix_inputs(original, self.input_shapes), fix_inputs(candidate, self.input_shapes)
-        comp = interleaved_ab({"original": original, "optimized": candidate}, threads=self.threads,
-                              provider=self.provider, rounds=rounds)
+        if self._measure_ab is not None:  # on a cluster target
+            comp = self._measure_ab(original, candidate, rounds=rounds)
+        else:
+            comp = interleaved_ab({"original": original, "optimized": candidate}, threads=self.threads,
+                                  provider=self.provider, rounds=rounds)
         return Measurement.from_rounds(comp.round_ms["original"], comp.round_ms["optimized"], self.shapes)
 
     def fastest_ratio(self) -> float:
@@ -602,7 +613,7 @@ class BudgetPlanner:
                                   calibration=self.calibration, original_graph=self.original_graph,
                                   measure=self.measure if measure else None, tolerance=tolerance, refit=self.refit,
                                   allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
-                                  store=self.store)
+                                  store=self.store, evaluate=self._evaluate)
         except BudgetInfeasible as e:
             failed = getattr(e, "outcome", None)
             if failed is not None:

@@ -166,8 +166,9 @@ class MeasuredImportance(Importance):
 
     def __init__(self, cands: Candidates, options: Sequence[SegmentOption], reference: onnx.ModelProto, cal, *,
                  refit: bool = True, eval_samples: int = 32, threads: int | None = None, progress: bool = False,
-                 store=None) -> None:
+                 store=None, evaluate=None) -> None:
         super().__init__(measured=True)
+        self.evaluate = evaluate  # None: run candidates here; else EvalSet.compare_many's runner (e.g. a Dask cluster)
         self.cands, self.reference, self.cal = cands, reference, cal
         self.refit, self.threads, self.progress = refit, threads, progress
         self.options = {o.id: o for o in options}
@@ -238,9 +239,11 @@ class MeasuredImportance(Importance):
         if not todo:
             return
         ops = self.operators_for(todo)
-        for o in tqdm(todo, desc="importance", unit="option", disable=not self.progress, leave=False):
-            g = self.cands.apply_graph([o], {o.id: ops[o.id]}, partial=True)
-            comp = self._eval.compare(g)
+        graphs = (self.cands.apply_graph([o], {o.id: ops[o.id]}, partial=True) for o in todo)
+        comps = (map(self._eval.compare, graphs) if self.evaluate is None
+                 else self._eval.compare_many(graphs, self.evaluate))
+        for o, comp in zip(todo, tqdm(comps, total=len(todo), desc="importance", unit="option",
+                                      disable=not self.progress, leave=False)):
             self.global_[o.id] = {"nmse": float(comp.nmse), "top1": comp.top1_agreement}
             self.evaluated += 1
         self._save({o.id: {} for o in todo})
@@ -269,16 +272,31 @@ class EvalSet:
         self._ref_out: list[dict] | None = None
         self._names: list[str] = []
 
-    def compare(self, graph: Graph) -> Comparison:
+    def _reference(self) -> list[dict]:
         if self._ref_out is None:
             s_ref = runtime.make_session(self.reference, optimization="basic", threads=self.threads)
             self._names = runtime.output_names(s_ref)
             self._ref_out = [runtime.run(s_ref, f, self._names) for f in self.feeds]
-        s = runtime.make_session(to_proto(graph, check=False), optimization="basic", threads=self.threads)
+        return self._ref_out
+
+    def _comparison(self, outs: Iterable[dict]) -> Comparison:
         comp = Comparison()
-        for f, r in zip(self.feeds, self._ref_out):
-            comp.add(r, runtime.run(s, f, self._names))
+        for r, o in zip(self._reference(), outs):
+            comp.add(r, o)
         return comp
+
+    def compare(self, graph: Graph) -> Comparison:
+        self._reference()
+        s = runtime.make_session(to_proto(graph, check=False), optimization="basic", threads=self.threads)
+        return self._comparison(runtime.run(s, f, self._names) for f in self.feeds)
+
+    def compare_many(self, graphs: Iterable[Graph], evaluate) -> Iterable[Comparison]:
+        """`compare` for several candidates, run by `evaluate(models, feeds, names, threads)`,
+        which yields each model's outputs on the feeds in order (cluster.evaluation.RemoteEvaluator
+        runs them on a Dask cluster); the comparison is made here."""
+        self._reference()
+        for outs in evaluate((to_proto(g, check=False) for g in graphs), self.feeds, self._names, self.threads):
+            yield self._comparison(outs)
 
 
 def datafree_importance(cands: Candidates, options: Iterable[SegmentOption], original_graph: Graph, *,

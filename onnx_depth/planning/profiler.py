@@ -129,8 +129,10 @@ def cut_signature(pair_sig: str, a_sig: str, b_sig: str) -> str:
 class _Groups:
     """Collects models to time and times them in interleaved groups (size / weight bounded)."""
 
-    def __init__(self, store: LatencyStore, fp: Fingerprint, size: int, max_bytes: int, timer_kw: dict) -> None:
+    def __init__(self, store: LatencyStore, fp: Fingerprint, size: int, max_bytes: int, timer_kw: dict,
+                 measure: "Callable[..., dict[str, Entry]]" = measure_group) -> None:
         self.store, self.fp, self.size, self.max_bytes, self.timer_kw = store, fp, size, max_bytes, timer_kw
+        self.measure = measure
         self.models: dict[str, onnx.ModelProto] = {}
         self.keep: set[str] = set()
         self.bytes = 0
@@ -150,8 +152,8 @@ class _Groups:
     def run(self, round_ms: "dict[str, list[float]] | None" = None) -> dict[str, Entry]:
         if not self.models:
             return {}
-        out = measure_group(self.store, self.models, self.fp, store_only=self.keep, round_ms=round_ms,
-                            **self.timer_kw)
+        out = self.measure(self.store, self.models, self.fp, store_only=self.keep, round_ms=round_ms,
+                           **self.timer_kw)
         self.models, self.keep, self.bytes = {}, set(), 0
         return out
 
@@ -169,6 +171,7 @@ def profile_candidates(
     group_size: int = GROUP_SIZE,
     group_bytes: int = GROUP_BYTES,
     input_shapes=None,
+    measure: "Callable[..., dict[str, Entry]] | None" = None,
     **timer_kw: Any,
 ) -> ProfileResult:
     """Look up (and, if `measure_missing`, time and store) every distinct option model and the
@@ -181,7 +184,11 @@ def profile_candidates(
     a boundary costs nothing or something), stored as one derived entry (`cut_signature`).
     `entries[pair_key]` holds it. `timer_kw` goes to `timer.interleaved_ab`
     (warmup, rounds, inner, ...). `input_shapes` (onnx_depth.shapes.InputShapes): the fixed
-    shapes of a symbolic graph (its `fixed_shapes` view makes the segment models static)."""
+    shapes of a symbolic graph (its `fixed_shapes` view makes the segment models static).
+    `measure` replaces `measure_group` (same signature), e.g.
+    `cluster.timing.RemoteTimer.measure_group`, which times each group on a target device
+    (`fingerprint` is then the target's)."""
+    measure = measure or measure_group
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -196,7 +203,7 @@ def profile_candidates(
     sig_of: dict[str, str] = {}
     done: dict[str, Entry] = {}  # signature -> entry (structures that time the same model share it)
     missing: set[str] = set()
-    groups = _Groups(store, fingerprint, group_size, group_bytes, timer_kw)
+    groups = _Groups(store, fingerprint, group_size, group_bytes, timer_kw, measure)
     bar = tqdm(total=len(items) + len(pairs), desc="profile", unit="model", disable=not progress, leave=False)
 
     def look(sig: str) -> bool:
@@ -239,7 +246,7 @@ def profile_candidates(
         res.measured += len(got)
         bar.update(len(got))
         # ---- cuts: pair and its two single layers in one group (more rounds: a difference)
-        groups = _Groups(store, fingerprint, group_size, group_bytes, {"rounds": CUT_ROUNDS, **timer_kw})
+        groups = _Groups(store, fingerprint, group_size, group_bytes, {"rounds": CUT_ROUNDS, **timer_kw}, measure)
         todo: list[tuple[str, str, str, str]] = []  # (cut sig, pair sig, a sig, b sig)
 
         def measure_cuts() -> None:
