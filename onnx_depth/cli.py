@@ -11,12 +11,14 @@ import json
 import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__, api
 from .errors import InputError, OnnxDepthError
 from .ir import save
+from .planning.fidelity_guard import FidelityWarning
 
 log = logging.getLogger("onnx_depth")
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("output", metavar="OUT")
     o.add_argument("--lossless", action="store_true", help="only exact rewrites: canonicalize, fold BatchNorm, remove identity activations, merge linear layers (the default until a budget is given)")
     o.add_argument("--calibration", metavar="DATA", help="calibration data: report fidelity on it; without --lossless also prune dead channels and remove activations that were linear on every sample (lossy)")
+    o.add_argument("--validation", metavar="DATA", help="held-out data to measure fidelity, importance and --max-error on (default: about a quarter of --calibration, in contiguous blocks, is held back and never fitted on)")
     o.add_argument("--latency-budget", type=float, metavar="B", help="LayerMerge: the output must run in at most B x the input's latency on this machine (e.g. 0.7), at the least fidelity cost; exit 3 if infeasible")
     o.add_argument("--max-error", metavar="E", help="the fastest model whose error on --calibration data is <= E (output NMSE, e.g. 0.05; or top1:0.01 = at most 1 point of top-1 agreement lost)")
     o.add_argument("--allow-over-budget", action="store_true", help="emit the fastest plan found even when the budget is not met (exit 0 with a warning)")
@@ -116,8 +119,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from .planning.profiler import progress_wanted
-
     calibration = getattr(args, "calibration", None)
     budget = getattr(args, "latency_budget", None)
     max_error = getattr(args, "max_error", None)
@@ -127,11 +128,38 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise InputError("--plot needs --latency-budget or --max-error (it shows the plans they consider)")
     if getattr(args, "plan_out", None) and not goal:
         raise InputError("--plan-out needs --latency-budget or --max-error (the plan is what they choose)")
-    res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check,
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FidelityWarning)
+        res = _optimize(args, lossless, calibration, budget, max_error)
+    shown = _show_warnings(caught)
+    res.report.notes = [n for n in res.report.notes if n not in shown]
+    _finish_optimize(args, res, goal)
+    return 0
+
+
+def _show_warnings(caught) -> set[str]:
+    """Fidelity warnings on stderr (not hidden by -q); other warnings are re-issued."""
+    shown = set()
+    for w in caught:
+        if issubclass(w.category, FidelityWarning):
+            print(f"onnx-depth: warning: {w.message}", file=sys.stderr)
+            shown.add(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return shown
+
+
+def _optimize(args, lossless, calibration, budget, max_error):
+    from .planning.profiler import progress_wanted
+
+    return api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check, validation=getattr(args, "validation", None),
                        latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
                        provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
                        allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
                        progress=progress_wanted(bool(args.quiet)))
+
+
+def _finish_optimize(args, res, goal) -> None:
     save(res.model, args.output, protect=args.input)
     res.report.output = args.output
     if getattr(args, "plan_out", None) and res.plan is not None:
@@ -162,7 +190,6 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         print(f"planned {len(res.report.segments)} segment change(s) in {secs:.1f} s "
               f"(profile {t.get('profile_s', 0):.1f} s: {t.get('profile_measured', 0)} measured, {t.get('profile_cached', 0)} cached)")
     print(f"wrote {args.output}")
-    return 0
 
 
 def _plot(report, path: str, title: str) -> None:
@@ -173,8 +200,15 @@ def _plot(report, path: str, title: str) -> None:
     considered = report.planning.get("considered") or []
     pts = [(r, math.exp(i)) for r, i in considered]  # importance is a log-fidelity
     chosen = report.planning.get("chosen")
+    measured = {}
+    x = report.latency_ratio_measured or (chosen[0] if chosen else None)
+    for label, f in (("validation", report.fidelity), ("fit part", report.fidelity_fit)):
+        if f is not None and x is not None and (label == "validation" or f is not report.fidelity):
+            measured[f"{label} (measured, {'top-1' if f.top1_agreement is not None else 'exp(-NMSE)'})"] = (
+                x, f.top1_agreement if f.top1_agreement is not None else math.exp(-f.nmse))
     plot_plans(pts, None if chosen is None else (chosen[0], math.exp(chosen[1])), path, budget=report.budget,
-               title=title, ylabel="fidelity (estimated, exp of summed importance)")
+               title=title, ylabel="fidelity (estimated: exp of summed importance; measured: markers)",
+               measured=measured)
     report.notes.append(f"plot: {path}")
 
 

@@ -110,6 +110,7 @@ class BudgetOutcome:
     considered: list[tuple[float, float]] = field(default_factory=list)  # (predicted ratio, importance) per solved budget
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    refit_info: dict[str, dict] = field(default_factory=dict)  # option id -> sequential refit's estimator, NMSE
 
     def changed(self) -> list[SegmentOption]:
         return [o for o in self.plan if o.kind != "keep"]
@@ -223,11 +224,18 @@ def plan_for_budget(
     threads: int | None = None,
     progress: bool = False,
     store=None,
+    validation=None,
+    sequential: bool = True,
+    replan: bool = True,
 ) -> BudgetOutcome:
     """Solve, apply, measure (see the module docstring). `cands`: candidates of the lossless
     graph (real weights); `lm`: its latency model; `original`: the model as the user gave it
     (fidelity reference and timing baseline); `measure(model) -> (ratio, (p10, p90))` times a
-    model against the original (None: no end-to-end check; the predicted ratio is used)."""
+    model against the original (None: no end-to-end check; the predicted ratio is used).
+    validation: held-out samples (fidelity_guard / issue 17): importance, --max-error and the
+    re-planning are measured on them, the refits are fitted on `calibration` only; sequential:
+    refit the chosen plan's operators in topological order (planning.sequential_refit); replan:
+    re-plan on the measured fidelity when the plan is below the fidelity floor (planning.replan)."""
     if budget is None and max_error is None:
         raise InputError("give a latency budget or a maximum error")
     t0 = time.perf_counter()
@@ -237,7 +245,7 @@ def plan_for_budget(
     reference = to_proto(cands.graph.copy(), check=False)
     if calibration is not None:
         imp = MeasuredImportance(cands, options, reference, calibration, refit=refit, eval_samples=eval_samples,
-                                 threads=threads, progress=progress, store=store)
+                                 threads=threads, progress=progress, store=store, validation=validation)
     else:
         if max_error is not None:
             raise InputError("--max-error needs --calibration data (fidelity is measured on it)")
@@ -255,8 +263,21 @@ def plan_for_budget(
     considered: list[tuple[float, float]] = []
     rounds: list[Round] = []
 
-    def build(plan: list[SegmentOption]) -> Graph:
-        g = cands.apply_graph(plan, imp.operators_for(plan))
+    seq_cache: dict[tuple, dict] = {}
+    seq_info: dict[str, dict] = {}
+
+    def build(plan: list[SegmentOption], *, seq: bool = True) -> Graph:
+        ops = imp.operators_for(plan)
+        if seq and sequential and refit and calibration is not None:
+            key = tuple(o.id for o in plan if o.kind != "keep")
+            if key not in seq_cache:
+                from .sequential_refit import refit_sequential
+
+                sf = refit_sequential(cands, plan, ops, reference, calibration, validation, threads=threads)
+                seq_cache[key] = sf.operators
+                seq_info.update({k: {"estimator": v, "segment_val_nmse": sf.val_nmse.get(k)} for k, v in sf.choices.items()})
+            ops = seq_cache[key]
+        g = cands.apply_graph(plan, ops)
         run_to_fixed_point(g, LOSSLESS, PassContext(lossless=True))
         return g
 
@@ -277,9 +298,10 @@ def plan_for_budget(
         return plan
 
     t1 = time.perf_counter()
+    ev_data = validation if validation is not None else calibration
     if max_error is not None:
-        plan, graph = _bisect_error(cands, imp, max_error, calibration, original, solve_at, build, fast_ratio,
-                                    eval_samples, threads, rounds, lm, base_pred)
+        plan, graph = _bisect_error(cands, imp, max_error, ev_data, original, solve_at, build, fast_ratio,
+                                    eval_samples, threads, rounds, lm, base_pred, hi=1.0 if budget is None else budget)
     else:
         if fast_ratio > budget:
             msg = (f"latency budget {budget:g} is infeasible: the fastest plan found is predicted at "
@@ -298,6 +320,9 @@ def plan_for_budget(
                 warnings.append(msg + "; emitted anyway (--allow-over-budget)")
                 plan = fast
         graph = build(plan)
+        if replan and calibration is not None and plan is not fast:
+            plan, graph = _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, original, budget,
+                                       eval_samples, threads, timings)
     timings["solve_apply_s"] = time.perf_counter() - t1
     timings["options_evaluated"] = getattr(imp, "evaluated", 0)
     timings["options_cached"] = getattr(imp, "cached", 0)
@@ -321,6 +346,10 @@ def plan_for_budget(
                 break
             # tighten: the model is `measured / predicted` off; aim that much lower
             internal = internal * budget / measured
+            if max_error is not None:  # combined objective: the fastest plan within E under the tighter budget
+                plan, graph = _bisect_error(cands, imp, max_error, ev_data, original, solve_at, build, fast_ratio,
+                                            eval_samples, threads, rounds, lm, base_pred, hi=max(internal, fast_ratio))
+                continue
             nxt = solve_at(internal) if internal >= fast_ratio else fast
             if nxt is None or [o.id for o in nxt] == [o.id for o in plan]:
                 if plan is fast or [o.id for o in fast] == [o.id for o in plan]:
@@ -339,7 +368,9 @@ def plan_for_budget(
             met = "no (allowed)"
         timings["measure_s"] = time.perf_counter() - t2
         pred = lm.predict(plan) / base_pred
-    return BudgetOutcome(graph, plan, cands, lm, imp, pred, measured, band, met, rounds, considered, timings, warnings)
+    out = BudgetOutcome(graph, plan, cands, lm, imp, pred, measured, band, met, rounds, considered, timings, warnings)
+    out.refit_info = seq_info
+    return out
 
 
 class BudgetPlanner:
@@ -349,7 +380,8 @@ class BudgetPlanner:
 
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
-                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21) -> None:
+                 latency_db=None, refit: bool = True, progress: bool = False, rounds: int = 21,
+                 validation=None, sequential: bool = True, replan: bool = True) -> None:
         import onnxruntime as ort
 
         from ..errors import UnsupportedModel
@@ -363,6 +395,7 @@ class BudgetPlanner:
         t0 = time.perf_counter()
         self.original, self.original_graph, self.calibration = original, original_graph, calibration
         self.threads, self.provider, self.refit, self.progress, self.rounds = threads, provider, refit, progress, rounds
+        self.validation, self.sequential, self.replan = validation, sequential, replan
         self.cands = candidates(graph)
         if not self.cands.chains:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
@@ -412,15 +445,18 @@ class BudgetPlanner:
                               calibration=self.calibration, original_graph=self.original_graph,
                               measure=self.measure if measure else None, refit=self.refit,
                               allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
-                              store=self.store)
+                              store=self.store, validation=self.validation, sequential=self.sequential,
+                              replan=self.replan)
         out.timings = {"profile_s": self.profile_s, **out.timings, "profile_measured": self.profile.measured,
                        "profile_cached": self.profile.cached, "run_s": time.perf_counter() - t0}
         return out
 
 
 def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build, fast_ratio, eval_samples, threads,
-                  rounds, lm, base_pred, steps: int = 7):
-    """Smallest internal budget (ratio) whose emitted model has measured error <= bound."""
+                  rounds, lm, base_pred, steps: int = 7, hi: float = 1.0):
+    """Smallest internal budget (ratio, at most `hi`) whose emitted model has measured error <=
+    bound on `cal` (the validation part). With a latency budget (hi < 1) and no plan within the
+    bound at it: BudgetInfeasible (the combined objective cannot be met)."""
     ev = EvalSet(original, cal, max(eval_samples, 64), threads)
     cache: dict[tuple, tuple] = {}
 
@@ -436,12 +472,16 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
             rounds.append(Round(ratio, lm.predict(plan) / base_pred, error=err, changes=sum(o.kind != "keep" for o in plan)))
         return cache[key]
 
-    best = probe(1.0)
+    best = probe(hi)
     if best is None or best[2] > bound.value:
+        if hi < 1.0:
+            err = "no plan" if best is None else f"the best plan at it has error {best[2]:.3g}"
+            raise BudgetInfeasible(f"no plan meets both latency budget {hi:g} and --max-error {bound.metric}:{bound.value:g} "
+                                   f"({err} on the validation data)")
         # nothing changed is always within any bound: the original plan
         plan = cands.original_plan()
         return plan, build(plan)
-    lo, hi = fast_ratio, 1.0
+    lo = fast_ratio
     got = probe(lo)
     if got is not None and got[2] <= bound.value:
         return got[0], got[1]
@@ -453,6 +493,64 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
         else:
             lo = mid
     return best[0], best[1]
+
+
+def _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, original, budget, eval_samples, threads,
+                 timings):
+    """planning.replan on the measured validation fidelity of the emitted plan (budget mode)."""
+    from .fidelity_guard import judge
+    from .replan import replan_measured
+
+    t0 = time.perf_counter()
+    ev = EvalSet(original, ev_data, max(eval_samples, 64), threads)
+    graphs = {tuple(o.id for o in plan): graph}
+
+    def s_of(comp) -> float:
+        return comp.top1_agreement if comp.top1_agreement is not None else -float(comp.nmse)
+
+    def score(p) -> float:
+        key = tuple(o.id for o in p)
+        if key not in graphs:
+            graphs[key] = build(list(p))
+        return s_of(ev.compare(graphs[key]))
+
+    def score_without(p, o) -> float:
+        keeps = [cands.option(f"c{o.chain}({j - 1},{j}]:keep:{j}") for j in o.layers]
+        q = [x for x in p if x is not o] + keeps
+        return s_of(ev.compare(build(q, seq=False)))
+
+    def solve_without(banned: set):
+        saved = set(allowed)
+        allowed.difference_update(banned)
+        try:
+            return solve_at(budget)
+        finally:
+            allowed.clear()
+            allowed.update(saved)
+
+    first = ev.compare(graph)
+    if judge(first).ok:
+        return plan, graph
+    best, best_s, steps = replan_measured(plan, score=score, score_without=score_without, solve_without=solve_without,
+                                          good_enough=lambda s: judge(_Score(s)).ok)
+    timings["replan_s"] = time.perf_counter() - t0
+    timings["replan_steps"] = [st.to_dict() for st in steps]
+    return best, graphs[tuple(o.id for o in best)]
+
+
+@dataclass
+class _Score:
+    """A fidelity score (top-1 agreement, or -NMSE) seen as a comparison for `judge`."""
+
+    s: float
+
+    @property
+    def top1_agreement(self):
+        return self.s if self.s >= 0 else None
+
+    @property
+    def nmse(self) -> float:
+        return -self.s if self.s < 0 else 0.0
 
 
 __all__ = ["BudgetOutcome", "BudgetPlanner", "ErrorBound", "Round", "fastest_plan", "plan_for_budget", "useful_options"]
