@@ -10,8 +10,9 @@ refit again one at a time in topological order, each from the input it will real
         W_k = kernels.lstsq.select(fit rows of (x_k, y_k), validation rows, W0_k)
 
 so later operators compensate the errors of earlier ones instead of compounding them. Rows: every
-spatial position of the fit samples unless `max_rows` (streamed normal equations, memory one
-batch); the estimator (naive, scale+bias, ridge toward the exact composition) is chosen on the
+spatial position of the fit samples, streamed into the normal equations (memory: one batch), up
+to a cost cap: R rows of d unknowns cost R d^2 flops, so at most max(ROWS_PER_UNKNOWN d,
+FLOPS / d^2) rows are kept (random positions) for wide operators; the estimator (naive, scale+bias, ridge toward the exact composition) is chosen on the
 validation samples, which are never fitted on.
 """
 
@@ -30,6 +31,15 @@ from .realize import option_input, option_operator, option_target
 from .segments import Candidates, SegmentOption
 
 __all__ = ["SequentialFit", "only_outputs", "refit_sequential"]
+
+ROWS_PER_UNKNOWN = 16
+FLOPS = 2e10  # per operator and data pass
+
+
+def row_cap(features: int, samples: int, fixed_batch: int = 1) -> int:
+    """Rows kept per batch (of `fixed_batch` samples) so that an operator costs about FLOPS."""
+    total = max(ROWS_PER_UNKNOWN * features, int(FLOPS / max(features, 1) ** 2))
+    return max(1, total // max(samples, 1)) * fixed_batch
 
 
 @dataclass
@@ -66,7 +76,7 @@ def _order(cands: Candidates, reference: onnx.ModelProto, plan: Sequence[Segment
 
 
 def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators: dict[str, object],
-                     reference: onnx.ModelProto, fit, validation=None, *, max_rows: int | None = None,
+                     reference: onnx.ModelProto, fit, validation=None, *, capped: bool = True,
                      threads: int | None = None) -> SequentialFit:
     """Operators for the plan's changed options, refit in topological order (module docstring).
     `operators`: the parallel-refit (or naive) ones, kept where an option is not refittable.
@@ -82,7 +92,9 @@ def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators
         x, y = option_input(cands, o), option_target(cands, o)
         current = to_proto(cands.apply_graph(applied, out.operators, partial=True), check=False)
         models = [(only_outputs(current, [x]), [x]), (only_outputs(reference, [y]), [y])]
-        f = OperatorFit(naive, max_rows=max_rows)
+        f = OperatorFit(naive)
+        if capped:
+            f.max_rows = row_cap(f.features, len(fit), fit.fixed_batch or 1)
         try:
             for data, add in ((fit, f.add), (validation, f.add_validation)):
                 if data is None:
