@@ -64,7 +64,6 @@ METHODS = {
 }
 CACHE = HERE / ".cache"
 DB = CACHE / "latency_fidelity_real.sqlite"
-PNG = HERE / "fidelity_real.png"
 THREADS = 1
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -214,15 +213,21 @@ def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan
     return planner, cal, sp
 
 
-def run_task(task: Task, budgets, methods, log=print) -> Result:
+MAIN = ("new", "current", "naive")
+
+
+def run_task(task: Task, budgets, methods, log=print, variant_budgets=None) -> Result:
     res = Result(task)
     for method in methods:
         how = METHODS[method]
+        todo = budgets if method in MAIN or variant_budgets is None else [b for b in budgets if b in variant_budgets]
+        if not todo:
+            continue
         t0 = time.perf_counter()
         planner, cal, sp = planner_for(task, **how)
         with planner:
             log(f"  [{method}] profiled in {time.perf_counter() - t0:.1f}s")
-            for b in budgets:
+            for b in todo:
                 t1 = time.perf_counter()
                 row = Row(b, method)
                 try:
@@ -293,7 +298,7 @@ def target_note(results: list[Result]) -> str:
     return "\n".join(out)
 
 
-def plot(results: list[Result], methods) -> None:
+def plot(results: list[Result], methods, path: Path) -> None:
     from onnx_depth.plot import plot_curves
 
     curves = {}
@@ -305,7 +310,7 @@ def plot(results: list[Result], methods) -> None:
             if pts:
                 curves[f"{short}: {m}"] = pts
     if curves:
-        plot_curves(curves, PNG, title="top-1 agreement on unseen data vs measured latency ratio",
+        plot_curves(curves, path, title="top-1 agreement on unseen data vs measured latency ratio",
                     xlabel="measured latency ratio", ylabel="top-1 agreement (unseen)")
 
 
@@ -314,6 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(TASKS))
     ap.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--variant-budgets", default="0.9", help="budgets at which the variants (new - X) run (all: every budget)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     import os
@@ -331,7 +337,8 @@ def main(argv=None) -> int:
         print(f"== {key}", flush=True)
         task = TASKS[key]()
         t1 = time.perf_counter()
-        res = run_task(task, budgets, methods, log=lambda s: print(s, flush=True))
+        vb = None if args.variant_budgets in ("", "all") else [float(b) for b in args.variant_budgets.split(",")]
+        res = run_task(task, budgets, methods, log=lambda s: print(s, flush=True), variant_budgets=vb)
         res.seconds = time.perf_counter() - t1
         results.append(res)
     total = time.perf_counter() - t0
@@ -341,17 +348,20 @@ def main(argv=None) -> int:
     if not args.no_write and results:
         from _results import write_section
 
-        plot(results, methods)
         intro = (
             f"Top-1 agreement with the original on data the tool never saw (threads={THREADS}, CPU, machine shared "
             "with other jobs: latency ratios carry a few % noise). **new**: fit/validation split, estimator chosen on "
             "validation, importance on validation, sequential refit, measured re-planning; **current**: the method "
             "before issue 17 (fit and reported fidelity on the same samples); **naive**: data-free. *reported* is the "
             "agreement the tool reports (new: validation part; current: the fitted samples). "
-            f"Plot: `benchmarks/{PNG.name}`. Whole run {total:.0f}s.")
-        write_section("fidelity_real", "Fidelity on unseen photos (issue 17)",
-                      f"python benchmarks/bench_fidelity_real.py --budgets {args.budgets} --methods {args.methods}",
-                      intro + "\n\n" + body)
+            f"Run {total:.0f}s.")
+        for key, res in zip(args.models.split(","), results):  # one section per model (run separately)
+            png = HERE / f"fidelity_real_{key}.png"
+            plot([res], methods, png)
+            write_section(f"fidelity_real_{key}", f"Fidelity on unseen data (issue 17): {res.task.name}",
+                          f"python benchmarks/bench_fidelity_real.py --models {key} --budgets {args.budgets} "
+                          f"--methods {args.methods} --variant-budgets {args.variant_budgets or 'all'}",
+                          intro + f" Plot: `benchmarks/{png.name}`.\n\n" + table(res, methods) + "\n\n" + target_note([res]))
     return 0
 
 

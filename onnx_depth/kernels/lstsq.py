@@ -147,16 +147,22 @@ def select(fit: NormalEquations, val: "NormalEquations | None", W0: np.ndarray,
 
 
 # ------------------------------------------------------------------------------- conv rows
-def im2col(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """[N, C, H, W] -> [g, N*Ho*Wo, C/g*kh*kw] with the spec's pads/stride/dilation."""
+def _windows(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """A view [N, C, Ho, Wo, kh, kw] of the padded input's receptive fields (no copy)."""
     pt, pl, pb, pr = spec.pads
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     kh, kw = spec.kernel_shape
     dh, dw = spec.dilations
     sh, sw = spec.strides
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    return sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def im2col(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """[N, C, H, W] -> [g, N*Ho*Wo, C/g*kh*kw] with the spec's pads/stride/dilation."""
+    win = _windows(x, spec)
     N, C, Ho, Wo = win.shape[:4]
+    kh, kw = spec.kernel_shape
     g = spec.group
     win = win.reshape(N, g, C // g, Ho, Wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
     return win.reshape(g, N * Ho * Wo, (C // g) * kh * kw)
@@ -181,14 +187,9 @@ def conv_rows(spec: ConvSpec, x: np.ndarray, y: np.ndarray):
 
 def sampled_conv_rows(spec: ConvSpec, x: np.ndarray, y: np.ndarray, rows: int, rng: np.random.Generator):
     """`rows` random (sample, output position) rows of the im2col regression, gathered directly."""
-    pt, pl, pb, pr = spec.pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    kh, kw = spec.kernel_shape
-    dh, dw = spec.dilations
-    sh, sw = spec.strides
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]  # a view
+    win = _windows(x, spec)
     N, C, Ho, Wo = win.shape[:4]
+    kh, kw = spec.kernel_shape
     if (Ho, Wo) != tuple(y.shape[2:]):
         raise ValueError(f"merged conv output {Ho}x{Wo} positions, original {y.shape[2]}x{y.shape[3]}")
     flat = np.sort(rng.choice(N * Ho * Wo, min(rows, N * Ho * Wo), replace=False))

@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 
 from .. import runtime
+from ..analysis.fidelity import EVAL_OPTIMIZATION
 from ..compare import Comparison
 from ..ir import Graph
 from ..ir.exporter import to_proto
@@ -292,10 +293,10 @@ class EvalSet:
 
     def compare(self, graph: Graph) -> Comparison:
         if self._ref_out is None:
-            s_ref = runtime.make_session(self.reference, optimization="basic", threads=self.threads)
+            s_ref = runtime.make_session(self.reference, optimization=EVAL_OPTIMIZATION, threads=self.threads)
             self._names = runtime.output_names(s_ref)
             self._ref_out = [runtime.run(s_ref, f, self._names) for f in self.feeds]
-        s = runtime.make_session(to_proto(graph, check=False), optimization="basic", threads=self.threads)
+        s = runtime.make_session(to_proto(graph, check=False), optimization=EVAL_OPTIMIZATION, threads=self.threads)
         comp = Comparison()
         for f, r in zip(self.feeds, self._ref_out):
             comp.add(r, runtime.run(s, f, self._names))
