@@ -216,7 +216,7 @@ def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan
 MAIN = ("new", "current", "naive")
 
 
-def run_task(task: Task, budgets, methods, log=print, variant_budgets=None) -> Result:
+def run_task(task: Task, budgets, methods, log=print, variant_budgets=None, on_row=None) -> Result:
     res = Result(task)
     for method in methods:
         how = METHODS[method]
@@ -249,6 +249,8 @@ def run_task(task: Task, budgets, methods, log=print, variant_budgets=None) -> R
                     row.error = f"{type(e).__name__}: {e}"
                 row.seconds = time.perf_counter() - t1
                 res.rows.append(row)
+                if on_row is not None:
+                    on_row(res)
                 log(f"    B={b:.2f} {method:17s} " + (row.error or
                     f"ratio {_f(row.measured)} ({row.met}) unseen top1 {_f(row.unseen_top1)} nmse {_f(row.unseen_nmse, '{:.3g}')} "
                     f"reported {_f(row.reported_top1)} fit {_f(row.fit_top1)} segs {row.segments}") + f" [{row.seconds:.0f}s {row.timings}]")
@@ -314,6 +316,25 @@ def plot(results: list[Result], methods, path: Path) -> None:
                     xlabel="measured latency ratio", ylabel="top-1 agreement (unseen)")
 
 
+def write(key: str, res: Result, methods, args, total: float, partial: bool = False) -> None:
+    """The RESULTS.md section of one model (and its plot)."""
+    from _results import write_section
+
+    png = HERE / f"fidelity_real_{key}.png"
+    plot([res], methods, png)
+    intro = (
+        f"Top-1 agreement with the original on data the tool never saw (threads={THREADS}, CPU, machine shared "
+        "with other jobs: latency ratios carry a few % noise). **new**: fit/validation split, estimator chosen on "
+        "validation, importance on validation, sequential refit, measured re-planning; **new - X**: new without X; "
+        "**current**: the method before issue 17 (fit and reported fidelity on the same samples); **naive**: "
+        "data-free. *reported* is the agreement the tool reports (new: validation part; current: the fitted samples). "
+        f"Plot: `benchmarks/{png.name}`. Run {total:.0f}s" + (" (PARTIAL: run still in progress or interrupted)." if partial else "."))
+    write_section(f"fidelity_real_{key}", f"Fidelity on unseen data (issue 17): {res.task.name}",
+                  f"python benchmarks/bench_fidelity_real.py --models {key} --budgets {args.budgets} "
+                  f"--methods {args.methods} --variant-budgets {args.variant_budgets or 'all'}",
+                  intro + "\n\n" + table(res, methods) + "\n\n" + target_note([res]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(TASKS))
@@ -333,35 +354,25 @@ def main(argv=None) -> int:
     methods = args.methods.split(",")
     t0 = time.perf_counter()
     results = []
+    vb = None if args.variant_budgets in ("", "all") else [float(b) for b in args.variant_budgets.split(",")]
     for key in args.models.split(","):
         print(f"== {key}", flush=True)
         task = TASKS[key]()
         t1 = time.perf_counter()
-        vb = None if args.variant_budgets in ("", "all") else [float(b) for b in args.variant_budgets.split(",")]
-        res = run_task(task, budgets, methods, log=lambda s: print(s, flush=True), variant_budgets=vb)
+
+        def on_row(res, key=key, t1=t1):  # partial results survive an interrupted run
+            res.seconds = time.perf_counter() - t1
+            if not args.no_write:
+                write(key, res, methods, args, time.perf_counter() - t0, partial=True)
+
+        res = run_task(task, budgets, methods, log=lambda s: print(s, flush=True), variant_budgets=vb, on_row=on_row)
         res.seconds = time.perf_counter() - t1
         results.append(res)
+        if not args.no_write:
+            write(key, res, methods, args, time.perf_counter() - t0)
     total = time.perf_counter() - t0
-    body = "\n\n".join(table(r, methods) for r in results) + "\n\n" + target_note(results)
-    print(body)
+    print("\n\n".join(table(r, methods) for r in results) + "\n\n" + target_note(results))
     print(f"total {total:.0f}s")
-    if not args.no_write and results:
-        from _results import write_section
-
-        intro = (
-            f"Top-1 agreement with the original on data the tool never saw (threads={THREADS}, CPU, machine shared "
-            "with other jobs: latency ratios carry a few % noise). **new**: fit/validation split, estimator chosen on "
-            "validation, importance on validation, sequential refit, measured re-planning; **current**: the method "
-            "before issue 17 (fit and reported fidelity on the same samples); **naive**: data-free. *reported* is the "
-            "agreement the tool reports (new: validation part; current: the fitted samples). "
-            f"Run {total:.0f}s.")
-        for key, res in zip(args.models.split(","), results):  # one section per model (run separately)
-            png = HERE / f"fidelity_real_{key}.png"
-            plot([res], methods, png)
-            write_section(f"fidelity_real_{key}", f"Fidelity on unseen data (issue 17): {res.task.name}",
-                          f"python benchmarks/bench_fidelity_real.py --models {key} --budgets {args.budgets} "
-                          f"--methods {args.methods} --variant-budgets {args.variant_budgets or 'all'}",
-                          intro + f" Plot: `benchmarks/{png.name}`.\n\n" + table(res, methods) + "\n\n" + target_note([res]))
     return 0
 
 
