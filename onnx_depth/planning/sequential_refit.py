@@ -33,7 +33,7 @@ from .segments import Candidates, SegmentOption
 __all__ = ["SequentialFit", "only_outputs", "refit_sequential"]
 
 ROWS_PER_UNKNOWN = 16
-FLOPS = 2e10  # per operator and data pass
+FLOPS = 5e9  # per operator and data pass
 
 
 def row_cap(features: int, samples: int, fixed_batch: int = 1) -> int:
