@@ -320,7 +320,7 @@ def write(key: str, res: Result, methods, args, total: float, partial: bool = Fa
     """The RESULTS.md section of one model (and its plot)."""
     from _results import write_section
 
-    png = HERE / f"fidelity_real_{key}.png"
+    png = HERE / f"fidelity_real_{key}{args.section}.png"
     plot([res], methods, png)
     intro = (
         f"Top-1 agreement with the original on data the tool never saw (threads={THREADS}, CPU, machine shared "
@@ -329,9 +329,11 @@ def write(key: str, res: Result, methods, args, total: float, partial: bool = Fa
         "**current**: the method before issue 17 (fit and reported fidelity on the same samples); **naive**: "
         "data-free. *reported* is the agreement the tool reports (new: validation part; current: the fitted samples). "
         f"Plot: `benchmarks/{png.name}`. Run {total:.0f}s" + (" (PARTIAL: run still in progress or interrupted)." if partial else "."))
-    write_section(f"fidelity_real_{key}", f"Fidelity on unseen data (issue 17): {res.task.name}",
+    write_section(f"fidelity_real_{key}{args.section}", f"Fidelity on unseen data (issue 17): {res.task.name}"
+                  + (f" ({', '.join(methods)})" if args.section else ""),
                   f"python benchmarks/bench_fidelity_real.py --models {key} --budgets {args.budgets} "
-                  f"--methods {args.methods} --variant-budgets {args.variant_budgets or 'all'}",
+                  f"--methods '{args.methods}' --variant-budgets {args.variant_budgets or 'all'}"
+                  + (f" --section {args.section}" if args.section else ""),
                   intro + "\n\n" + table(res, methods) + "\n\n" + target_note([res]))
 
 
@@ -341,6 +343,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--variant-budgets", default="0.9", help="budgets at which the variants (new - X) run (all: every budget)")
+    ap.add_argument("--section", default="", help="suffix of the RESULTS.md section (runs of different methods in parallel)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     import os
