@@ -57,8 +57,6 @@ def _check_args(latency_budget, max_error, lossless, calibration, check, threads
     lossy_goal = latency_budget is not None or max_error is not None
     if lossless and lossy_goal:
         raise InputError("--lossless cannot be combined with --latency-budget / --max-error (those remove activations)")
-    if latency_budget is not None and max_error is not None:
-        raise InputError("give either --latency-budget or --max-error, not both")
     if latency_budget is not None and not (isinstance(latency_budget, (int, float)) and 0 < float(latency_budget)):
         raise InputError(f"--latency-budget must be a number > 0 (a fraction of the original latency, e.g. 0.7), got {latency_budget!r}")
     if max_error is not None and calibration is None:
@@ -97,6 +95,7 @@ def optimize(
     cluster: str | None = None,
     target: str | None = None,
     cluster_timeout: float | None = None,
+    validation: "str | os.PathLike[str] | None" = None,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -110,7 +109,16 @@ def optimize(
       fidelity cost (measured with refit on `calibration` when given, else a data-free guess).
       Raises BudgetInfeasible (exit code 3) when B cannot be met, unless `allow_over_budget`.
     * ``max_error=E`` (needs calibration): the fastest plan whose measured error is <= E
-      (a number: output NMSE; "top1:0.01": at most 1 point of top-1 agreement lost).
+      (a number: output NMSE; "top1:0.01": at most 1 point of top-1 agreement lost). With
+      ``latency_budget`` too: the fastest plan within E that meets B (BudgetInfeasible if none).
+
+    Calibration data is split into a fit part and a validation part
+    (`analysis.calibration.split_fit_validation`: about a quarter held back in contiguous blocks,
+    seeded, at least 16 samples; or `validation` = a separate data set): refits see only the fit
+    part; importance, max_error and the reported fidelity (`report.fidelity`; the fit part's in
+    `report.fidelity_fit`) are measured on the validation part. In budget mode the fidelity guard
+    (`planning.fidelity_guard`) sets `report.fidelity_ok` and raises a FidelityWarning when the
+    emitted model is below the default floor (or its fidelity is unknown: no data).
 
     The budget test is one-sided: measured median ratio <= latency_budget x (1 + budget_tolerance)
     (default tolerance 0). End-to-end measurements are stored in the latency DB and reused, so the
@@ -146,10 +154,17 @@ def optimize(
     graph = ir.load(model)
     original = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
     cal = None
+    split = None
+    if validation is not None and calibration is None:
+        raise InputError("--validation needs --calibration (the validation set checks what is fitted on the calibration set)")
     if calibration is not None:
-        from .analysis.calibration import load_calibration
+        from .analysis.calibration import load_calibration, split_fit_validation
 
-        cal = load_calibration(calibration, ir.to_proto(graph.copy(), check=False))
+        specs_model = ir.to_proto(graph.copy(), check=False)
+        cal_all = load_calibration(calibration, specs_model)
+        val = None if validation is None else load_calibration(validation, specs_model)
+        split = split_fit_validation(cal_all, val, seed=seed)
+        cal = split.fit
     results = []
     loaded = metrics.model_stats(graph).nodes
     if loaded != before.nodes:
@@ -165,7 +180,8 @@ def optimize(
         try:
             outcome, env = _budget(graph, original_graph, original, float(latency_budget) if latency_budget is not None else None,
                                    max_error, cal, threads or 1, provider, latency_db, allow_over_budget, refit, progress,
-                                   budget_tolerance, remeasure, fixed, remote)
+                                   budget_tolerance, remeasure, fixed, remote,
+                                   None if split is None or not split.held_out else split.validation)
         except BudgetInfeasible as e:
             failed = getattr(e, "outcome", None)
             if failed is not None:  # evidence: the report and plan of the fastest plan found (nothing emitted)
@@ -210,15 +226,37 @@ def optimize(
     if cal is not None:
         from .analysis.fidelity import evaluate
 
-        report.fidelity = evaluate(reference, out, cal)
+        report.fidelity = evaluate(reference, out, split.validation)
+        report.fidelity_fit = evaluate(reference, out, split.fit) if split.held_out else report.fidelity
+        report.validation = split.to_dict()
+        if not split.held_out:
+            report.notes.append(split.how)
         if not lossless and outcome is None:
-            report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the calibration data")
+            report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the "
+                                + ("validation part" if split.held_out else "calibration data"))
+    if outcome is not None:
+        _guard(report, split, max_error)
     if check:
         samples = _shapes.check_samples(original, given, cal)
         report.check = _checked(reference, out, samples, check, seed, source_name)
         if not report.check.allclose:
             raise CheckFailed(f"rewritten model differs from the original: {report.check.summary()}")
     return OptimizeResult(out, report, plan)
+
+
+def _guard(report: Report, split, max_error) -> None:
+    """planning.fidelity_guard on the emitted lossy model: report.fidelity_ok and a warning."""
+    from .planning.budget import ErrorBound
+    from .planning.fidelity_guard import fidelity_warning, judge
+
+    verdict = judge(report.fidelity, held_out=split is None or split.held_out,
+                    max_error=None if max_error is None else ErrorBound.parse(max_error))
+    report.fidelity_ok = verdict.ok
+    report.fidelity_guard = verdict.to_dict()
+    if verdict.ok is not True and verdict.message:
+        fidelity_warning(verdict.message, report.warnings, stacklevel=4)
+    elif verdict.message:
+        report.notes.append(verdict.message)
 
 
 def _fixed_source(model, given, calibration, fix: bool):
@@ -351,6 +389,7 @@ def _budget_report(outcome, env, source_name, before, results, latency_budget, m
         "chosen": [outcome.predicted_ratio, sum(outcome.importance.of(o) for o in outcome.plan)],
         "chosen_measured": None if m is None else [m.ratio, m.band[0], m.band[1]],
         "timings_s": outcome.timings,
+        "refit": outcome.refit_info,
     }
     plan = outcome.plan_dict(source_name, report.budget, bound)
     plan["budget_met"] = outcome.budget_met
@@ -388,7 +427,7 @@ def _note_cluster(report: Report, where: "dict | None") -> None:
 
 
 def _budget(graph, original_graph, original, budget, max_error, cal, threads, provider, latency_db, allow_over_budget,
-            refit, progress, tolerance, remeasure, input_shapes=None, remote=None):
+            refit, progress, tolerance, remeasure, input_shapes=None, remote=None, validation=None):
     """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner
     (on a cluster target when `remote`, a cluster.ClusterSession, is given).
     Returns (outcome, environment for the report)."""
@@ -399,7 +438,7 @@ def _budget(graph, original_graph, original, budget, max_error, cal, threads, pr
                                        "measure_ab": remote.timer.measure_ab, "evaluate": remote.evaluator}
     with BudgetPlanner(graph, original, original_graph=original_graph, calibration=cal, threads=threads,
                        provider=provider, latency_db=latency_db, refit=refit, progress=progress,
-                       remeasure=remeasure, input_shapes=input_shapes, **hooks) as planner:
+                       remeasure=remeasure, input_shapes=input_shapes, validation=validation, **hooks) as planner:
         env = environment(planner.fingerprint)
         try:
             return planner.run(budget=budget, max_error=max_error, allow_over_budget=allow_over_budget,

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("output", metavar="OUT")
     o.add_argument("--lossless", action="store_true", help="only exact rewrites: canonicalize, fold BatchNorm, remove identity activations, merge linear layers (the default until a budget is given)")
     o.add_argument("--calibration", metavar="DATA", help="calibration data: report fidelity on it; without --lossless also prune dead channels and remove activations that were linear on every sample (lossy)")
+    o.add_argument("--validation", metavar="DATA", help="held-out data to measure fidelity, importance and --max-error on (default: about a quarter of --calibration, in contiguous blocks, is held back and never fitted on)")
     o.add_argument("--latency-budget", type=float, metavar="B", help="LayerMerge: the output must run in at most B x the input's latency on this machine (e.g. 0.7), at the least fidelity cost; exit 3 if infeasible")
     o.add_argument("--max-error", metavar="E", help="the fastest model whose error on --calibration data is <= E (output NMSE, e.g. 0.05; or top1:0.01 = at most 1 point of top-1 agreement lost)")
     o.add_argument("--allow-over-budget", action="store_true", help="emit the fastest plan found even when the budget is not met (exit 0 with a warning)")
@@ -174,6 +175,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     _check_output_paths(args)
     try:
         res = api.optimize(args.input, lossless=lossless, calibration=calibration, check=args.check,
+                           validation=getattr(args, "validation", None),
                            latency_budget=budget, max_error=max_error, threads=getattr(args, "threads", None),
                            provider=getattr(args, "provider", "CPUExecutionProvider"), latency_db=getattr(args, "latency_db", None),
                            allow_over_budget=bool(getattr(args, "allow_over_budget", False)), refit=not getattr(args, "no_refit", False),
@@ -219,7 +221,6 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         print(f"planned {len(res.report.segments)} segment change(s) in {secs:.1f} s "
               f"(profile {t.get('profile_s', 0):.1f} s: {t.get('profile_measured', 0)} measured, {t.get('profile_cached', 0)} cached)")
     print(f"wrote {args.output}")
-    return 0
 
 
 def _ort_files(output: str, out_dir: "str | None") -> dict[str, str]:

@@ -81,12 +81,14 @@ def plot_plans(
     ylabel: str = "fidelity",
     figsize: tuple[float, float] = (6.4, 4.8),
     dpi: int = 100,
+    measured: "Mapping[str, Point] | None" = None,
 ) -> Path:
     """Scatter the considered plans and highlight the chosen one; returns the written path.
 
     points: (latency_ratio, fidelity) pairs, or mappings with "fidelity" and "latency_ratio"
     (or "latency_ratio_measured"/"latency_ratio_predicted", as in a plan file). Non-finite
-    points are skipped. budget: drawn as a vertical line at that latency ratio.
+    points are skipped. budget: drawn as a vertical line at that latency ratio. measured: labelled
+    extra points (e.g. the chosen plan's validation and fit-part fidelity, measured).
     """
     pts = _finite(_xy(p) for p in points)
     best = None if chosen is None else _xy(chosen)
@@ -98,6 +100,10 @@ def plot_plans(
     if best is not None and all(map(math.isfinite, best)):
         ax.scatter([best[0]], [best[1]], s=140, marker="*", color="tab:red", edgecolors="black", linewidths=0.6,
                    zorder=3, label=f"chosen ({best[0]:.3g}, {best[1]:.3g})")
+    for (label, p), marker in zip((measured or {}).items(), "oDsv^"):
+        mx, my = _xy(p)
+        if math.isfinite(mx) and math.isfinite(my):
+            ax.scatter([mx], [my], s=60, marker=marker, zorder=3, label=f"{label}: {my:.3g}")
     if budget is not None:
         ax.axvline(budget, color="tab:gray", linestyle="--", linewidth=1.2, label=f"budget {budget:g}")
     ax.set_xlabel(xlabel)

@@ -47,7 +47,11 @@ class Report:
     after: ModelStats
     passes: list[dict[str, Any]] = field(default_factory=list)
     check: Comparison | None = None
-    fidelity: Any = None  # analysis.fidelity.Fidelity on calibration data
+    fidelity: Any = None  # analysis.fidelity.Fidelity on the validation part of the calibration data
+    fidelity_fit: Any = None  # ... on the fit part (what the refit saw; the gap shows overfitting)
+    fidelity_ok: bool | None = None  # budget mode: planning.fidelity_guard's verdict (None: unknown)
+    fidelity_guard: dict | None = None
+    validation: dict | None = None  # the fit/validation split
     latency_ratio_measured: float | None = None
     latency_ratio_predicted: float | None = None
     budget: float | None = None
@@ -94,7 +98,14 @@ class Report:
         if self.fidelity is not None:
             f = self.fidelity
             agree = "n/a" if f.top1_agreement is None else f"{f.top1_agreement:.2%}"
-            rows.append((f"fidelity ({f.samples} calib.)", "", f"top-1 agree {agree}", f"NMSE {f.nmse:.2g}"))
+            held = self.validation is None or self.validation.get("held_out", True)
+            rows.append((f"fidelity ({f.samples} {'valid.' if held else 'calib.'})", "", f"top-1 agree {agree}", f"NMSE {f.nmse:.2g}"))
+            ff = self.fidelity_fit
+            if ff is not None and ff is not f:
+                agree = "n/a" if ff.top1_agreement is None else f"{ff.top1_agreement:.2%}"
+                rows.append((f"  fit part ({ff.samples})", "", f"top-1 agree {agree}", f"NMSE {ff.nmse:.2g}"))
+        if self.fidelity_ok is not None or self.fidelity_guard is not None:
+            rows.append(("fidelity floor", "", {True: "ok", False: "BELOW", None: "unknown"}[self.fidelity_ok], ""))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -160,6 +171,9 @@ class Report:
             "warnings": self.warnings,
             "notes": self.notes,
             "environment": self.environment,
+            "fidelity_ok": self.fidelity_ok,
+            "fidelity_guard": self.fidelity_guard,
+            "validation": self.validation,
         }
         for k in ("nodes", "depth", "params", "macs"):
             d[f"{k}_before"] = getattr(self.before, k)
@@ -169,6 +183,7 @@ class Report:
             d["fidelity"] = self.check.to_dict()
         if self.fidelity is not None:
             d["fidelity"] = _jsonable(self.fidelity)
+            d["fidelity_fit"] = _jsonable(self.fidelity_fit)
         return d
 
     def write_json(self, path: str | os.PathLike[str]) -> None:

@@ -36,7 +36,9 @@ def test_optimize_with_calibration_is_lossy_and_measured(mnist, tmp_path, capsys
     rep = tmp_path / "r.json"
     assert cli.main(["optimize", str(model), str(out), "--calibration", str(cal), "--report", str(rep)]) == 0
     r = json.loads(rep.read_text())
-    assert r["fidelity"]["samples"] == 150 and r["notes"]
+    # fidelity is reported on the held-out part, the fit part's beside it (issue 17)
+    assert r["fidelity"]["samples"] + r["fidelity_fit"]["samples"] == 150 and r["notes"]
+    assert r["validation"]["held_out"] and r["validation"]["validation_samples"] == r["fidelity"]["samples"]
     assert r["params_after"] < r["params_before"]  # dead channels pruned
     # held-out digits: the rewritten model still agrees with the original on almost all of them
     feeds = [{"input": images[i : i + 1]} for i in range(len(images))]

@@ -38,7 +38,8 @@ from .. import runtime
 from ..errors import InputError
 from ..runtime import TensorSpec
 
-__all__ = ["Calibration", "load_calibration", "from_arrays", "as_calibration", "model_input_specs"]
+__all__ = ["Calibration", "Split", "load_calibration", "from_arrays", "as_calibration", "model_input_specs",
+           "split_fit_validation", "VALIDATION_FRACTION", "MIN_VALIDATION", "MIN_FIT"]
 
 
 # ------------------------------------------------------------------------------- array sources
@@ -490,3 +491,109 @@ def as_calibration(data, model) -> Calibration:
     if isinstance(data, (str, os.PathLike)):
         return load_calibration(data, model)
     return from_arrays(data, model)
+
+
+# ------------------------------------------------------------------------------- fit / validation split
+VALIDATION_FRACTION = 0.25  # share of the calibration samples held back for validation by default
+MIN_VALIDATION = 16         # never fewer validation samples than this (else: no split, see below)
+MIN_FIT = 16                # ... and never fewer fit samples
+SPLIT_BLOCKS = 16           # the data is cut into this many contiguous blocks before drawing
+
+
+class _TakeSource(_Source):
+    """Rows `runs` ([(a, b), ...] in increasing order) of another source, concatenated."""
+
+    def __init__(self, inner: _Source, runs: list[tuple[int, int]]) -> None:
+        self.inner, self.runs, self.label = inner, runs, inner.label
+        self.offsets = np.cumsum([0] + [b - a for a, b in runs])
+        self.n = int(self.offsets[-1])
+        self.shape = (self.n, *inner.shape[1:])
+        self.dtype = inner.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = []
+        for i, (a, b) in enumerate(self.runs):
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            s, e = max(start, lo), min(stop, hi)
+            if s < e:
+                out.append(self.inner.read(a + s - lo, a + e - lo))
+        if not out:
+            return self.inner.read(0, 0)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+@dataclass
+class Split:
+    """Calibration data cut into the part the refit is fitted on (`fit`) and the part every
+    reported fidelity, importance and --max-error is measured on (`validation`). `held_out` is
+    False when the set was too small to split: then both are the whole set and the fidelity is
+    measured on fitted data (the report says so)."""
+
+    fit: Calibration
+    validation: Calibration
+    held_out: bool
+    how: str
+
+    def to_dict(self) -> dict:
+        return {"fit_samples": len(self.fit), "validation_samples": len(self.validation),
+                "held_out": self.held_out, "how": self.how}
+
+
+def _take(cal: Calibration, runs: list[tuple[int, int]]) -> Calibration:
+    off = cal.start
+    srcs = {k: _TakeSource(s, [(a + off, b + off) for a, b in runs]) for k, s in cal.sources.items()}
+    return Calibration(cal.specs, srcs, origin=cal.origin)
+
+
+def split_fit_validation(cal: Calibration, validation: "Calibration | None" = None, *,
+                         fraction: float = VALIDATION_FRACTION, seed: int = 0,
+                         min_validation: int = MIN_VALIDATION, min_fit: int = MIN_FIT,
+                         blocks: int = SPLIT_BLOCKS) -> Split:
+    """Split calibration data into a fit part and a validation part.
+
+    With a separate `validation` set (``--validation DATA``) the whole of `cal` is fitted on and
+    `validation` is measured on. Otherwise the N samples are cut into `blocks` contiguous blocks
+    (multiples of the model's fixed batch) and a seeded random choice of blocks, about `fraction`
+    of the samples and at least `min_validation`, is held back. Contiguous blocks, not single
+    samples, because data is usually stored by source (the crops of one photo, the frames of one
+    clip, the sentences of one document): samples of one source on both sides would make the
+    validation fidelity as optimistic as the fitted one. When N < min_fit + min_validation
+    nothing is held back (`held_out` False)."""
+    if validation is not None:
+        return Split(cal, validation, True, f"separate validation set ({validation.origin})")
+    n = len(cal)
+    fb = cal.fixed_batch or 1
+    if n < min_fit + min_validation:
+        return Split(cal, cal, False, f"{n} samples < {min_fit} fit + {min_validation} validation: nothing held back, "
+                                      "fidelity is measured on the data the refit was fitted to")
+    units = n // fb
+    k = max(2, min(blocks, units))
+    edges = [round(i * units / k) * fb for i in range(k + 1)]
+    edges[-1] = n
+    sizes = np.diff(edges)
+    want = max(min_validation, int(round(fraction * n)))
+    order = np.random.default_rng(seed).permutation(k)
+    chosen, got = [], 0
+    for b in order:
+        if got >= want:
+            break
+        chosen.append(int(b))
+        got += int(sizes[b])
+    if n - got < min_fit:
+        return Split(cal, cal, False, f"{n} samples: cannot hold back {want} and keep {min_fit} to fit on; "
+                                      "fidelity is measured on fitted data")
+    chosen_set = set(chosen)
+    val = [(edges[b], edges[b + 1]) for b in sorted(chosen_set)]
+    fit = [(edges[b], edges[b + 1]) for b in range(k) if b not in chosen_set]
+    return Split(_take(cal, _merge_runs(fit)), _take(cal, _merge_runs(val)), True,
+                 f"{got} of {n} samples held back ({len(val)} of {k} contiguous blocks, seed {seed})")
+
+
+def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in runs:
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out

@@ -13,7 +13,12 @@ from .. import runtime
 from ..compare import ATOL, RTOL, Comparison
 from .calibration import as_calibration
 
-__all__ = ["Fidelity", "evaluate"]
+__all__ = ["EVAL_OPTIMIZATION", "Fidelity", "evaluate"]
+
+# The onnxruntime graph-optimization level of every fidelity measurement (the reported fidelity
+# here, the planner's importance and re-planning in planning.importance.EvalSet): one level, so
+# what the planner optimizes is what the report shows.
+EVAL_OPTIMIZATION = "disabled"
 
 
 @dataclass
@@ -59,8 +64,8 @@ def evaluate(
     """Compare `candidate` with `reference` (ModelProto / path / bytes) on every feed of `data`
     (Calibration, path, array or mapping). outputs: the outputs to compare (default all).
     labels [N] with label_output: accuracy of argmax(label_output, last axis) for both."""
-    s_ref = runtime.make_session(reference, optimization="disabled", threads=threads)
-    s_new = runtime.make_session(candidate, optimization="disabled", threads=threads)
+    s_ref = runtime.make_session(reference, optimization=EVAL_OPTIMIZATION, threads=threads)
+    s_new = runtime.make_session(candidate, optimization=EVAL_OPTIMIZATION, threads=threads)
     cal = as_calibration(data, s_ref)
     names = list(outputs) if outputs is not None else runtime.output_names(s_ref)
     if labels is not None:

@@ -17,7 +17,7 @@ where X are its input rows (im2col patches of the segment input for a conv, with
 conv's geometry, per group; the flattened input for dense), Y the ORIGINAL network's output of
 the segment (the last head tensor), W0 the naive merge, and lam = ridge * mean(diag X^T X). It is
 solved in float64 from normal equations, (X^T X + lam I) W = X^T Y + lam W0, accumulated batch by
-batch (memory: one batch of patches). An exactly linear segment is recovered exactly (W = W0 when
+batch (memory: one batch of patches): the least-squares core is `kernels.lstsq`. An exactly linear segment is recovered exactly (W = W0 when
 Y = X W0). Sequential mode (default) takes X from the network as already modified by earlier
 refits (so later segments compensate earlier errors); otherwise every segment sees the original
 network's inputs.
@@ -31,7 +31,6 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import ir
 from ..analysis.activations import ActivationSite, find_activations
@@ -42,13 +41,13 @@ from ..ir.patterns import is_op
 from ..kernels import ConvSpec, compose, exactness
 from ..kernels.bn_fold import fold_bn_after_conv
 from ..kernels.conv_reference import conv_apply
+from ..kernels.lstsq import NormalEquations, OperatorFit, conv_rows, conv_to_w, w_to_conv
 from .base import PassContext, PassResult
 from .layer_io import Dense, conv_node, dense_nodes, read_bn, read_conv, read_dense
 
 __all__ = ["OperatorFit", "Segment", "SegmentFit", "RefitResult", "find_segment", "find_segments", "refit", "segment_macs"]
 
 _LAYOUT = ("Transpose", "Reshape", "Flatten")
-PATCH_BYTES = 64 << 20  # im2col patches held at once (float32); float64 chunks are 1/4 of the rows
 MAX_DENSE_FEATURES = 16384
 
 
@@ -308,91 +307,6 @@ def _naive(seg: Segment, s: np.ndarray, t: np.ndarray, graph: Graph):
 
 
 # ------------------------------------------------------------------------------- regression
-def _patches(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """im2col: [N, C, H, W] -> [g, N*Ho*Wo, C/g*kh*kw] with the spec's pads/stride/dilation."""
-    pt, pl, pb, pr = spec.pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    kh, kw = spec.kernel_shape
-    dh, dw = spec.dilations
-    sh, sw = spec.strides
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
-    N, C, Ho, Wo = win.shape[:4]
-    g = spec.group
-    win = win.reshape(N, g, C // g, Ho, Wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return win.reshape(g, N * Ho * Wo, (C // g) * kh * kw)
-
-
-@dataclass
-class _Normal:
-    """Accumulated normal equations for G independent groups (features + bias column)."""
-
-    A: np.ndarray  # [G, d+1, d+1]
-    B: np.ndarray  # [G, d+1, O_g]
-    yy: np.ndarray  # [G, O_g] sum of y^2
-    y_sum: np.ndarray  # [G, O_g]
-    rows: int = 0
-
-    @classmethod
-    def zeros(cls, G: int, d: int, o: int) -> "_Normal":
-        return cls(np.zeros((G, d + 1, d + 1)), np.zeros((G, d + 1, o)), np.zeros((G, o)), np.zeros((G, o)))
-
-    def add(self, X: np.ndarray, Y: np.ndarray, chunk: int | None = None) -> None:
-        """X [G, R, d], Y [G, R, O_g]; float64 copies of at most ~PATCH_BYTES/2 at a time."""
-        G, R, d = X.shape
-        if chunk is None:
-            chunk = max(256, (PATCH_BYTES // 2) // max(1, G * (d + 1) * 8))
-        for a in range(0, R, chunk):
-            xb = X[:, a:a + chunk].astype(np.float64)
-            yb = Y[:, a:a + chunk].astype(np.float64)
-            xb = np.concatenate([xb, np.ones((G, xb.shape[1], 1))], axis=2)
-            xt = xb.transpose(0, 2, 1)
-            self.A += np.matmul(xt, xb)
-            self.B += np.matmul(xt, yb)
-            self.yy += np.einsum("gro,gro->go", yb, yb)
-            self.y_sum += yb.sum(1)
-        self.rows += R
-
-    def solve(self, W0: np.ndarray, ridge: float) -> np.ndarray:
-        """W [G, d+1, O_g] minimising |XW - Y|^2 + lam |W - W0|^2."""
-        G, d1, _ = self.A.shape
-        out = np.empty_like(W0)
-        for g in range(G):
-            A = self.A[g]
-            lam = ridge * max(float(np.mean(np.diag(A))), 1e-12)
-            M = A + lam * np.eye(d1)
-            rhs = self.B[g] + lam * W0[g]
-            try:
-                out[g] = np.linalg.solve(M, rhs)
-            except np.linalg.LinAlgError:
-                out[g] = np.linalg.lstsq(M, rhs, rcond=None)[0]
-        return out
-
-    def sq_err(self, W: np.ndarray) -> float:
-        """sum |XW - Y|^2 from the normal equations."""
-        e = float(np.sum(W * np.matmul(self.A, W))) - 2 * float(np.sum(W * self.B)) + float(self.yy.sum())
-        return max(float(e), 0.0)
-
-    def sq_ref(self) -> float:
-        return float(self.yy.sum())
-
-
-def _conv_to_w(spec: ConvSpec) -> np.ndarray:
-    """ConvSpec -> [G, d+1, O_g] regression weights (bias last)."""
-    g = spec.group
-    O = spec.out_channels
-    w = np.asarray(spec.weight, np.float64).reshape(g, O // g, -1)  # [g, O_g, d]
-    b = spec.bias_or_zeros().reshape(g, O // g, 1)
-    return np.concatenate([w, b], axis=2).transpose(0, 2, 1)
-
-
-def _w_to_conv(W: np.ndarray, like: ConvSpec) -> ConvSpec:
-    g, d1, og = W.shape
-    w = W[:, :-1, :].transpose(0, 2, 1).reshape(g * og, *like.weight.shape[1:])
-    b = W[:, -1, :].reshape(-1)
-    return ConvSpec(w.astype(np.float32), b.astype(np.float32), like.strides, like.dilations, like.pads, like.group)
-
-
 # ------------------------------------------------------------------------------- results
 @dataclass
 class SegmentFit:
@@ -593,65 +507,19 @@ def _plan(graph: Graph, seg: Segment, decisions, ref_outputs, max_mac_ratio, res
 
 def _targets(seg: Segment, merged):
     if seg.kind == "conv":
-        return _conv_to_w(merged)
+        return conv_to_w(merged)
     return [np.concatenate([W, b[None, :]], 0)[None] for W, b in merged]
 
 
-def _conv_rows(merged: ConvSpec, x: np.ndarray, y: np.ndarray, max_rows: int | None = None,
-               rng: np.random.Generator | None = None):
-    """(X [g, R, d], Y [g, R, O_g]) chunks of the regression of conv `merged` from x to y:
-    im2col a few samples at a time (at most PATCH_BYTES of patches in memory). max_rows: keep
-    about that many rows of the whole batch (a random subset of positions)."""
-    g = merged.group
-    N, O, Ho, Wo = y.shape
-    d = merged.weight.shape[1] * int(np.prod(merged.kernel_shape))
-    step = max(1, PATCH_BYTES // max(1, Ho * Wo * d * 4 * g))
-    keep = None if max_rows is None or N * Ho * Wo <= max_rows else max_rows / (N * Ho * Wo)
-    if keep is not None:
-        # gather only the sampled positions' patches (im2col of everything would dominate)
-        rng = rng or np.random.default_rng(0)
-        X, Y = _sampled_rows(merged, x, y, max(1, int(round(keep * N * Ho * Wo))), rng)
-        yield X, Y
-        return
-    for a in range(0, N, step):
-        xa, ya = x[a:a + step], y[a:a + step]
-        n = xa.shape[0]
-        X = _patches(xa, merged)
-        if X.shape[1] != n * Ho * Wo:
-            raise ValueError(f"merged conv output {X.shape[1] // max(n, 1)} positions, original {Ho * Wo}")
-        Y = ya.reshape(n, g, O // g, Ho, Wo).transpose(1, 0, 3, 4, 2).reshape(g, n * Ho * Wo, O // g)
-        yield X, Y
-
-
-def _sampled_rows(spec: ConvSpec, x: np.ndarray, y: np.ndarray, rows: int, rng: np.random.Generator):
-    """`rows` random (sample, output position) rows of the im2col regression, gathered directly."""
-    pt, pl, pb, pr = spec.pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    kh, kw = spec.kernel_shape
-    dh, dw = spec.dilations
-    sh, sw = spec.strides
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]  # a view
-    N, C, Ho, Wo = win.shape[:4]
-    if (Ho, Wo) != tuple(y.shape[2:]):
-        raise ValueError(f"merged conv output {Ho}x{Wo} positions, original {y.shape[2]}x{y.shape[3]}")
-    flat = np.sort(rng.choice(N * Ho * Wo, min(rows, N * Ho * Wo), replace=False))
-    n_i, rest = np.divmod(flat, Ho * Wo)
-    oy, ox = np.divmod(rest, Wo)
-    g = spec.group
-    P = win[n_i, :, oy, ox]  # [R, C, kh, kw]
-    R = P.shape[0]
-    X = P.reshape(R, g, (C // g) * kh * kw).transpose(1, 0, 2)
-    O = y.shape[1]
-    Yr = y[n_i, :, oy, ox].reshape(R, g, O // g).transpose(1, 0, 2)
-    return np.ascontiguousarray(X), np.ascontiguousarray(Yr)
+def _conv_rows(merged: ConvSpec, x: np.ndarray, y: np.ndarray):
+    return conv_rows(merged, x, y)
 
 
 def _accumulate(normal_list, seg: Segment, merged, x: np.ndarray, ys: list[np.ndarray]):
     if seg.kind == "conv":
         for X, Y in _conv_rows(merged, x, ys[0]):
             if normal_list[0] is None:
-                normal_list[0] = _Normal.zeros(merged.group, X.shape[2], Y.shape[2])
+                normal_list[0] = NormalEquations.zeros(merged.group, X.shape[2], Y.shape[2])
             normal_list[0].add(X, Y)
         return
     if seg.kind == "conv_flatten":
@@ -661,7 +529,7 @@ def _accumulate(normal_list, seg: Segment, merged, x: np.ndarray, ys: list[np.nd
     for k, y in enumerate(ys):
         Y = y.reshape(-1, y.shape[-1])
         if normal_list[k] is None:
-            normal_list[k] = _Normal.zeros(1, X.shape[1], Y.shape[1])
+            normal_list[k] = NormalEquations.zeros(1, X.shape[1], Y.shape[1])
         normal_list[k].add(X[None], Y[None])
 
 
@@ -714,7 +582,7 @@ def _apply(graph: Graph, seg: Segment, merged, normals, xshape, ridge: float, ma
         rows = 0
     tier = None
     if seg.kind == "conv":
-        new_spec = _w_to_conv(fitted[0], merged)
+        new_spec = w_to_conv(fitted[0], merged)
         sp = tuple(xshape[2:]) if xshape is not None else None
         try:
             tier = exactness(_scaled_conv(seg.l1, np.ones(seg.l1.out_channels), np.zeros(seg.l1.out_channels)), seg.heads[0].layer, sp).name
@@ -757,60 +625,3 @@ def _apply(graph: Graph, seg: Segment, merged, normals, xshape, ridge: float, ma
     what = "refitted" if normals is not None else "merged naively"
     res.details.append(f"{what} {label} ({seg.kind}) -> {desc}; calibration NMSE naive {nmse_naive:.3g} -> refit {nmse_refit:.3g}")
     return SegmentFit(seg.site.name, label, seg.kind, desc, tier, mb, ma, rows, nmse_naive, nmse_refit)
-
-
-# ------------------------------------------------------------------------------- any operator
-@dataclass
-class OperatorFit:
-    """Least-squares state for one operator (a ConvSpec or a dense (W [n_in, n_out], b)) that
-    should map tensor x to tensor y; feed batches with `add`, then `solve`."""
-
-    op: object
-    max_rows: int | None = None
-    normal: _Normal | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
-
-    @property
-    def features(self) -> int:
-        if isinstance(self.op, ConvSpec):
-            return int(self.op.weight.shape[1] * np.prod(self.op.kernel_shape))
-        return int(self.op[0].shape[0])
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        if isinstance(self.op, ConvSpec):
-            for X, Y in _conv_rows(self.op, x, y, self.max_rows, self._rng):
-                if self.normal is None:
-                    self.normal = _Normal.zeros(self.op.group, X.shape[2], Y.shape[2])
-                self.normal.add(X, Y)
-            return
-        X = x.reshape(-1, x.shape[-1])
-        Y = y.reshape(-1, y.shape[-1])
-        if self.max_rows is not None and X.shape[0] > self.max_rows:
-            idx = np.sort(self._rng.choice(X.shape[0], self.max_rows, replace=False))
-            X, Y = X[idx], Y[idx]
-        if self.normal is None:
-            self.normal = _Normal.zeros(1, X.shape[1], Y.shape[1])
-        self.normal.add(X[None], Y[None])
-
-    def _w0(self) -> np.ndarray:
-        if isinstance(self.op, ConvSpec):
-            return _conv_to_w(self.op)
-        W, b = self.op
-        b = np.zeros(W.shape[1]) if b is None else b
-        return np.concatenate([np.asarray(W, np.float64), np.asarray(b, np.float64)[None, :]], 0)[None]
-
-    def solve(self, ridge: float = 1e-3):
-        """(fitted operator, NMSE of the naive operator, NMSE of the fit) on the rows seen."""
-        if self.normal is None:
-            raise ValueError("no calibration rows were added")
-        W0 = self._w0()
-        W = self.normal.solve(W0, ridge)
-        ref = self.normal.sq_ref()
-        nmse0 = self.normal.sq_err(W0) / ref if ref > 0 else 0.0
-        nmse1 = self.normal.sq_err(W) / ref if ref > 0 else 0.0
-        if isinstance(self.op, ConvSpec):
-            return _w_to_conv(W, self.op), nmse0, nmse1
-        return (W[0, :-1].astype(np.float32), W[0, -1].astype(np.float32)), nmse0, nmse1

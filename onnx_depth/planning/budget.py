@@ -180,6 +180,7 @@ class BudgetOutcome:
     why: str | None = None  # why the budget is not met (None when it is)
     tolerance: float = 0.0
     measured_plans: dict[str, tuple[float, Measurement, float]] = field(default_factory=dict)  # key -> (pred, m, importance)
+    refit_info: dict[str, dict] = field(default_factory=dict)  # option id -> sequential refit's estimator, NMSE
 
     @property
     def budget_met(self) -> bool | None:
@@ -309,13 +310,22 @@ def plan_for_budget(
     progress: bool = False,
     store=None,
     evaluate=None,
+    validation=None,
+    sequential: bool = True,
+    replan: bool = True,
 ) -> BudgetOutcome:
     """Solve, apply, measure (see the module docstring). `cands`: candidates of the lossless
     graph (real weights); `lm`: its latency model; `original`: the model as the user gave it
     (fidelity reference and timing baseline); `measure(model, threshold) -> Measurement` times a
     model against the original, measuring more rounds while the band straddles `threshold`
     (None: no end-to-end check; the predicted ratio is used). `tolerance`: accept a measured
-    median up to budget x (1 + tolerance) (default 0: one-sided, median <= budget)."""
+    median up to budget x (1 + tolerance) (default 0: one-sided, median <= budget).
+    `evaluate`: where importance candidates run (None: here; a cluster's runner).
+    validation: held-out samples (fidelity_guard / issue 17): importance, --max-error and the
+    re-planning are measured on them, the refits are fitted on `calibration` only; sequential:
+    refit the chosen plan's operators in topological order (planning.sequential_refit); replan:
+    re-plan on the measured fidelity when the plan is below the fidelity floor (planning.replan).
+    Budget and max_error together: the fastest plan within the error that meets the budget."""
     if budget is None and max_error is None:
         raise InputError("give a latency budget or a maximum error")
     t0 = time.perf_counter()
@@ -327,7 +337,8 @@ def plan_for_budget(
         # removed activations become per-channel affine maps fitted on the data (issue 12 §2)
         fit_activation_maps(cands, reference, calibration, threads=threads)
         imp = MeasuredImportance(cands, options, reference, calibration, refit=refit, eval_samples=eval_samples,
-                                 threads=threads, progress=progress, store=store, evaluate=evaluate)
+                                 threads=threads, progress=progress, store=store, evaluate=evaluate,
+                                 validation=validation)
     else:
         if max_error is not None:
             raise InputError("--max-error needs --calibration data (fidelity is measured on it)")
@@ -346,8 +357,21 @@ def plan_for_budget(
     considered: list[tuple[float, float]] = []
     rounds: list[Round] = []
 
-    def build(plan: list[SegmentOption]) -> Graph:
-        g = cands.apply_graph(plan, imp.operators_for(plan))
+    seq_cache: dict[tuple, dict] = {}
+    seq_info: dict[str, dict] = {}
+
+    def build(plan: list[SegmentOption], *, seq: bool = True) -> Graph:
+        ops = imp.operators_for(plan)
+        if seq and sequential and refit and calibration is not None:
+            key = tuple(o.id for o in plan if o.kind != "keep")
+            if key not in seq_cache:
+                from .sequential_refit import refit_sequential
+
+                sf = refit_sequential(cands, plan, ops, reference, calibration, validation, threads=threads)
+                seq_cache[key] = sf.operators
+                seq_info.update({k: {"estimator": v, "segment_val_nmse": sf.val_nmse.get(k)} for k, v in sf.choices.items()})
+            ops = seq_cache[key]
+        g = cands.apply_graph(plan, ops)
         run_to_fixed_point(g, LOSSLESS, PassContext(lossless=True))
         return g
 
@@ -368,18 +392,21 @@ def plan_for_budget(
         return plan
 
     t1 = time.perf_counter()
+    ev_data = validation if validation is not None else calibration
     if max_error is not None:
-        plan, graph = _bisect_error(cands, imp, max_error, calibration, original, solve_at, build, fast_ratio,
-                                    eval_samples, threads, rounds, lm, base_pred)
-        timings["solve_apply_s"] = time.perf_counter() - t1
-        _lazy_timings(timings, imp)
-        pred = lm.predict(plan) / base_pred
-        m = measure(to_proto(graph, check=False), None) if measure is not None else None
-        if m is not None:
-            rounds.append(Round(pred, pred, m.ratio, m.band, changes=_changes(plan),
-                                importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
-        return BudgetOutcome(graph, plan, cands, lm, imp, pred, None if m is None else m.ratio,
-                             None if m is None else m.band, "n/a", rounds, considered, timings, warnings, m)
+        if budget is None:
+            plan, graph = _bisect_error(cands, imp, max_error, ev_data, original, solve_at, build, fast_ratio,
+                                        eval_samples, threads, rounds, lm, base_pred)
+            timings["solve_apply_s"] = time.perf_counter() - t1
+            _lazy_timings(timings, imp)
+            pred = lm.predict(plan) / base_pred
+            m = measure(to_proto(graph, check=False), None) if measure is not None else None
+            if m is not None:
+                rounds.append(Round(pred, pred, m.ratio, m.band, changes=_changes(plan),
+                                    importance=sum(imp.of(o) for o in plan), measured_rounds=m.rounds, cached=m.cached))
+            return BudgetOutcome(graph, plan, cands, lm, imp, pred, None if m is None else m.ratio,
+                                 None if m is None else m.band, "n/a", rounds, considered, timings, warnings, m,
+                                 refit_info=seq_info)
     assert budget is not None
     threshold = budget * (1.0 + tolerance)
     ok_word = "yes" if tolerance == 0 else f"yes (tolerance {tolerance:g})"
@@ -400,7 +427,7 @@ def plan_for_budget(
     def outcome(plan, g, m, met, why=None) -> BudgetOutcome:
         return BudgetOutcome(g, plan, cands, lm, imp, lm.predict(plan) / base_pred, None if m is None else m.ratio,
                              None if m is None else m.band, met, rounds, considered, timings, warnings, m, why,
-                             tolerance, measured_plans)
+                             tolerance, measured_plans, seq_info)
 
     def infeasible(why: str) -> BudgetOutcome:
         """The fastest plan found (least measured ratio, else the fastest predicted) as evidence;
@@ -425,6 +452,15 @@ def plan_for_budget(
             return f"the fastest plan found is predicted at {pred:.3f} (not measured)"
         return f"the fastest plan found is predicted at {pred:.3f} and measured at {m.summary()}"
 
+    def choose(internal: float):
+        """(plan, graph) at an internal budget: the DP's plan, or with --max-error too the fastest
+        plan within the error at that budget (BudgetInfeasible when none is)."""
+        if max_error is not None:
+            return _bisect_error(cands, imp, max_error, ev_data, original, solve_at, build, fast_ratio, eval_samples,
+                                 threads, rounds, lm, base_pred, hi=max(internal, fast_ratio))
+        p = solve_at(internal)
+        return p, (None if p is None else build(p))
+
     def trial(plan: list[SegmentOption], g: Graph, internal: float) -> BudgetOutcome | None:
         """Measure a plan (one Round); its outcome when it meets the budget, else None."""
         m = measured(plan, g)
@@ -445,13 +481,16 @@ def plan_for_budget(
         return ok or infeasible(f"latency budget {budget:g} is infeasible: "
                                 f"{fastest_words(measured_plans[key_of(fast)][1], fast_ratio)}")
     internal = budget * PLAN_MARGIN if budget * PLAN_MARGIN >= fast_ratio else budget
-    plan = solve_at(internal)
+    plan, graph = choose(internal)
     if plan is None and internal < budget:
         internal = budget
-        plan = solve_at(budget)
+        plan, graph = choose(budget)
     if plan is None:  # the discretized DP (latencies rounded up) finds nothing at this budget
         internal, plan = fast_ratio, fast
-    graph = build(plan)
+        graph = build(plan)
+    if replan and calibration is not None and max_error is None and plan is not fast:
+        plan, graph = _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, original, internal,
+                                   eval_samples, threads, timings)
     timings["solve_apply_s"] = time.perf_counter() - t1
     _lazy_timings(timings, imp)
     if measure is None:
@@ -465,6 +504,9 @@ def plan_for_budget(
             break
         # tighten: the latency model is `measured / predicted` off here; aim that much lower
         internal = internal * budget / m.ratio
+        if max_error is not None:  # combined objective: the fastest plan within E under the tighter budget
+            plan, graph = choose(internal)
+            continue
         nxt = solve_at(internal) if internal >= fast_ratio else fast
         if nxt is None or key_of(nxt) in measured_plans:
             nxt = fast
@@ -494,7 +536,8 @@ class BudgetPlanner:
     def __init__(self, graph: Graph, original: onnx.ModelProto, *, original_graph: Graph | None = None,
                  calibration=None, threads: int = 1, provider: str = "CPUExecutionProvider",
                  latency_db=None, refit: bool = True, progress: bool = False, rounds: int = MEASURE_ROUNDS,
-                 remeasure: bool = False, input_shapes=None,
+                 remeasure: bool = False, input_shapes=None, validation=None, sequential: bool = True,
+                 replan: bool = True,
                  fingerprint=None, measure_group=None, measure_ab=None, evaluate=None) -> None:
         """The last four are the hooks of a remote target (onnx_depth.cluster): `fingerprint` to
         look latencies up under, `measure_group` to time profile groups (profiler), `measure_ab`
@@ -523,6 +566,7 @@ class BudgetPlanner:
         if input_shapes is not None:
             graph.fixed_shapes = fixed_view(graph, input_shapes, threads=threads)
         self._measure_ab, self._evaluate = measure_ab, evaluate
+        self.validation, self.sequential, self.replan = validation, sequential, replan
         self.cands = candidates(graph)
         if not self.cands.chains:
             raise UnsupportedModel("no chain of linear layers with static shapes to merge, so no latency budget can be "
@@ -613,7 +657,8 @@ class BudgetPlanner:
                                   calibration=self.calibration, original_graph=self.original_graph,
                                   measure=self.measure if measure else None, tolerance=tolerance, refit=self.refit,
                                   allow_over_budget=allow_over_budget, threads=self.threads, progress=self.progress,
-                                  store=self.store, evaluate=self._evaluate)
+                                  store=self.store, evaluate=self._evaluate, validation=self.validation,
+                                  sequential=self.sequential, replan=self.replan)
         except BudgetInfeasible as e:
             failed = getattr(e, "outcome", None)
             if failed is not None:
@@ -648,8 +693,10 @@ def _input_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 
 
 def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build, fast_ratio, eval_samples, threads,
-                  rounds, lm, base_pred, steps: int = 7):
-    """Smallest internal budget (ratio) whose emitted model has measured error <= bound."""
+                  rounds, lm, base_pred, steps: int = 7, hi: float = 1.0):
+    """Smallest internal budget (ratio, at most `hi`) whose emitted model has measured error <=
+    bound on `cal` (the validation part). With a latency budget (hi < 1) and no plan within the
+    bound at it: BudgetInfeasible (the combined objective cannot be met)."""
     ev = EvalSet(original, cal, max(eval_samples, 64), threads)
     cache: dict[tuple, tuple] = {}
 
@@ -665,12 +712,16 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
             rounds.append(Round(ratio, lm.predict(plan) / base_pred, error=err, changes=sum(o.kind != "keep" for o in plan)))
         return cache[key]
 
-    best = probe(1.0)
+    best = probe(hi)
     if best is None or best[2] > bound.value:
+        if hi < 1.0:
+            err = "no plan" if best is None else f"the best plan at it has error {best[2]:.3g}"
+            raise BudgetInfeasible(f"no plan meets both latency budget {hi:g} and --max-error {bound.metric}:{bound.value:g} "
+                                   f"({err} on the validation data)")
         # nothing changed is always within any bound: the original plan
         plan = cands.original_plan()
         return plan, build(plan)
-    lo, hi = fast_ratio, 1.0
+    lo = fast_ratio
     got = probe(lo)
     if got is not None and got[2] <= bound.value:
         return got[0], got[1]
@@ -682,6 +733,64 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
         else:
             lo = mid
     return best[0], best[1]
+
+
+def _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, original, budget, eval_samples, threads,
+                 timings):
+    """planning.replan on the measured validation fidelity of the emitted plan (budget mode)."""
+    from .fidelity_guard import judge
+    from .replan import replan_measured
+
+    t0 = time.perf_counter()
+    ev = EvalSet(original, ev_data, max(eval_samples, 64), threads)
+    graphs = {tuple(o.id for o in plan): graph}
+
+    def s_of(comp) -> float:
+        return comp.top1_agreement if comp.top1_agreement is not None else -float(comp.nmse)
+
+    def score(p) -> float:
+        key = tuple(o.id for o in p)
+        if key not in graphs:
+            graphs[key] = build(list(p))
+        return s_of(ev.compare(graphs[key]))
+
+    def score_without(p, o) -> float:
+        keeps = [cands.option(f"c{o.chain}({j - 1},{j}]:keep:{j}") for j in o.layers]
+        q = [x for x in p if x is not o] + keeps
+        return s_of(ev.compare(build(q, seq=False)))
+
+    def solve_without(banned: set):
+        saved = set(allowed)
+        allowed.difference_update(banned)
+        try:
+            return solve_at(budget)
+        finally:
+            allowed.clear()
+            allowed.update(saved)
+
+    first = ev.compare(graph)
+    if judge(first).ok:
+        return plan, graph
+    best, best_s, steps = replan_measured(plan, score=score, score_without=score_without, solve_without=solve_without,
+                                          good_enough=lambda s: judge(_Score(s)).ok)
+    timings["replan_s"] = time.perf_counter() - t0
+    timings["replan_steps"] = [st.to_dict() for st in steps]
+    return best, graphs[tuple(o.id for o in best)]
+
+
+@dataclass
+class _Score:
+    """A fidelity score (top-1 agreement, or -NMSE) seen as a comparison for `judge`."""
+
+    s: float
+
+    @property
+    def top1_agreement(self):
+        return self.s if self.s >= 0 else None
+
+    @property
+    def nmse(self) -> float:
+        return -self.s if self.s < 0 else 0.0
 
 
 __all__ = ["BudgetOutcome", "BudgetPlanner", "ErrorBound", "Measurement", "Round", "fastest_plan", "plan_for_budget", "useful_options"]

@@ -13,7 +13,10 @@ evaluation samples and compared with the original model's outputs
 
     I(option) = log F(option),   F = exp(-NMSE)   i.e.   I = -NMSE(outputs),
 
-the log of a fidelity in (0, 1]. Small independent output errors add their NMSEs, so the DP's sum
+the log of a fidelity in (0, 1]. With a fit/validation split (`analysis.calibration.split_fit_validation`)
+the operators are fitted on the fit part only, their estimator (naive, scale+bias, ridge toward the
+exact composition: `kernels.lstsq.select`) is chosen on the validation part, and the end-to-end
+NMSE is measured on the validation part: no importance is measured on samples the refit saw. Small independent output errors add their NMSEs, so the DP's sum
 of importances is the log-fidelity of the whole plan to first order (LayerMerge sums normalised
 exp(dAcc); on a few hundred calibration samples top-1 agreement is too coarse to rank options,
 NMSE is continuous). The top-1 agreement is recorded beside it.
@@ -36,10 +39,11 @@ import numpy as np
 import onnx
 
 from .. import runtime
+from ..analysis.fidelity import EVAL_OPTIMIZATION
 from ..compare import Comparison
 from ..ir import Graph
 from ..ir.exporter import to_proto
-from ..passes.refit import OperatorFit
+from ..kernels.lstsq import OperatorFit
 from .realize import option_input, option_operator, option_target, pruned_layers, removed_activations
 from .segments import Candidates, SegmentOption
 
@@ -94,7 +98,9 @@ class Importance:
         return {o.id: self.operators[o.id] for o in plan if o.kind != "keep"}
 
 
-def _fittable(op) -> bool:
+def fittable(op) -> bool:
+    """Whether the operator is refit by least squares (a 2-D conv or dense layer with at most
+    MAX_FIT_FEATURES unknowns per output; larger ones are merged naively)."""
     from ..kernels import ConvSpec
 
     if isinstance(op, ConvSpec):
@@ -106,12 +112,15 @@ def _fittable(op) -> bool:
 
 
 def fit_operators(cands: Candidates, options: Sequence[SegmentOption], reference: onnx.ModelProto, cal, *,
-                  max_rows: int | None = FIT_ROWS, ridge: float = 1e-3, threads: int | None = None,
+                  validation=None, max_rows: int | None = FIT_ROWS, ridge: float = 1e-3, threads: int | None = None,
                   refit: bool = True, progress: bool = False) -> tuple[dict[str, object], dict[str, tuple[float, float]]]:
     """Naive operators of `options` and, where the regression is small enough, their least-squares
     state on `cal` (one streaming pass over `reference`, the graph of `cands` before any plan:
-    same tensor names). Returns (operators: refit ones when `refit`, {option id: (segment-output
-    NMSE of the naive operator, of the refit one)})."""
+    same tensor names). With `validation` (held-out samples, never fitted on) the estimator is
+    chosen on it (`kernels.lstsq.select`: naive, scale+bias, ridge toward the exact composition)
+    and the NMSEs returned are validation NMSEs; without it a fixed ridge toward the naive
+    operator. Returns (operators: refit ones when `refit`, {option id: (segment-output NMSE of
+    the naive operator, of the refit one)})."""
     from tqdm import tqdm
 
     from ..analysis.stats import stream_tensors, with_outputs
@@ -121,30 +130,37 @@ def fit_operators(cands: Candidates, options: Sequence[SegmentOption], reference
     for o in options:
         op = option_operator(cands, o)
         ops[o.id] = op
-        if _fittable(op):
+        if fittable(op):
             fits[o.id] = OperatorFit(op, max_rows=None)
             if max_rows is not None:
                 # about ROWS_PER_FEATURE rows per unknown (at least MIN_ROWS, at most max_rows) in all
                 rows = min(max_rows, max(MIN_ROWS, ROWS_PER_FEATURE * fits[o.id].features))
-                fits[o.id].max_rows = max(1, rows // max(cal.total, 1)) * (cal.fixed_batch or 1)
+                fits[o.id].max_rows = max(1, rows // max(len(cal), 1)) * (cal.fixed_batch or 1)
     quality: dict[str, tuple[float, float]] = {}
     if not fits:
         return ops, quality
     by_id = {o.id: o for o in options}
     tensors = sorted({option_input(cands, by_id[k]) for k in fits} | {option_target(cands, by_id[k]) for k in fits})
     model = with_outputs(reference, tensors)
-    bar = tqdm(total=cal.total, desc=f"fit {len(fits)} ops", unit="sample", disable=not progress, leave=False)
+    parts = [(cal, "add")] + ([(validation, "add_validation")] if validation is not None else [])
+    total = sum(len(c) for c, _ in parts)
+    bar = tqdm(total=total, desc=f"fit {len(fits)} ops", unit="sample", disable=not progress, leave=False)
     try:
-        for nb, (out,) in stream_tensors([(model, tensors)], cal, threads=threads):
-            for k, f in fits.items():
-                o = by_id[k]
-                f.add(out[option_input(cands, o)], out[option_target(cands, o)])
-            bar.update(nb)
+        for data, method in parts:
+            for nb, (out,) in stream_tensors([(model, tensors)], data, threads=threads):
+                for k, f in fits.items():
+                    o = by_id[k]
+                    getattr(f, method)(out[option_input(cands, o)], out[option_target(cands, o)])
+                bar.update(nb)
     finally:
         bar.close()
     for k, f in fits.items():
         try:
-            op, n0, n1 = f.solve(ridge)
+            if validation is not None:
+                op, sel = f.solve_selected(default_ridge=ridge)
+                n0, n1 = sel.val_nmse["naive"], sel.val_nmse[sel.choice]
+            else:
+                op, n0, n1 = f.solve(ridge)
         except (ValueError, np.linalg.LinAlgError):
             continue
         if refit:
@@ -166,16 +182,18 @@ class MeasuredImportance(Importance):
 
     def __init__(self, cands: Candidates, options: Sequence[SegmentOption], reference: onnx.ModelProto, cal, *,
                  refit: bool = True, eval_samples: int = 32, threads: int | None = None, progress: bool = False,
-                 store=None, evaluate=None) -> None:
+                 store=None, evaluate=None, validation=None) -> None:
         super().__init__(measured=True)
         self.evaluate = evaluate  # None: run candidates here; else EvalSet.compare_many's runner (e.g. a Dask cluster)
-        self.cands, self.reference, self.cal = cands, reference, cal
+        self.cands, self.reference, self.cal, self.validation = cands, reference, cal, validation
         self.refit, self.threads, self.progress = refit, threads, progress
         self.options = {o.id: o for o in options}
         self.store = store
         self.model_key = _digest(reference.SerializeToString())
-        self.data_key = _digest(*(a.tobytes() for _, a in sorted(cal.arrays().items())),
-                                f"refit={refit};eval={eval_samples};rows={FIT_ROWS},{MIN_ROWS},{ROWS_PER_FEATURE}".encode())
+        val_bytes = [] if validation is None else [b"val"] + [a.tobytes() for _, a in sorted(validation.arrays().items())]
+        self.data_key = _digest(*(a.tobytes() for _, a in sorted(cal.arrays().items())), *val_bytes,
+                                f"refit={refit};eval={eval_samples};rows={FIT_ROWS},{MIN_ROWS},{ROWS_PER_FEATURE};"
+                                f"select=v2".encode())
         cached = store.get_fidelity(self.model_key, self.data_key) if store is not None else {}
         self.local: dict[str, float | None] = {}
         self.global_: dict[str, dict] = {}
@@ -188,7 +206,8 @@ class MeasuredImportance(Importance):
         self.cached = len(self.global_)
         todo = [o for o in options if o.id not in self.local]
         if todo:
-            ops, quality = fit_operators(cands, todo, reference, cal, refit=refit, threads=threads, progress=progress)
+            ops, quality = fit_operators(cands, todo, reference, cal, validation=validation, refit=refit,
+                                         threads=threads, progress=progress)
             self.operators.update(ops)
             new = {}
             for o in todo:
@@ -196,7 +215,10 @@ class MeasuredImportance(Importance):
                 self.local[o.id] = None if q is None else (q[1] if refit else q[0])
                 new[o.id] = {}
             self._save(new)
-        self._eval = EvalSet(reference, cal, eval_samples, threads)
+        # importance is measured on the held-out part when there is one (never on fitted samples)
+        ev = validation if validation is not None else cal
+        self._eval = EvalSet(reference, ev, max(eval_samples, min(len(ev), 64)) if validation is not None else eval_samples,
+                             threads)
         self.evaluated = 0
         self._rescore()
 
@@ -227,8 +249,8 @@ class MeasuredImportance(Importance):
     def operators_for(self, plan: Sequence[SegmentOption]) -> dict[str, object]:
         need = [o for o in plan if o.kind != "keep" and o.id not in self.operators]
         if need:
-            ops, _ = fit_operators(self.cands, need, self.reference, self.cal, refit=self.refit, threads=self.threads,
-                                   progress=self.progress)
+            ops, _ = fit_operators(self.cands, need, self.reference, self.cal, validation=self.validation,
+                                   refit=self.refit, threads=self.threads, progress=self.progress)
             self.operators.update(ops)
         return {o.id: self.operators[o.id] for o in plan if o.kind != "keep"}
 
@@ -266,15 +288,15 @@ class EvalSet:
 
     def __init__(self, reference: onnx.ModelProto, cal, n: int, threads: int | None = None) -> None:
         fb = cal.fixed_batch or 1
-        take = min(cal.total, max(fb, (n // fb) * fb))
-        self.feeds = list((cal.subset(0, take) if take < cal.total else cal).batches())
+        take = min(len(cal), max(fb, (n // fb) * fb))
+        self.feeds = list((cal.subset(0, take) if take < len(cal) else cal).batches())
         self.reference, self.threads = reference, threads
         self._ref_out: list[dict] | None = None
         self._names: list[str] = []
 
     def _reference(self) -> list[dict]:
         if self._ref_out is None:
-            s_ref = runtime.make_session(self.reference, optimization="basic", threads=self.threads)
+            s_ref = runtime.make_session(self.reference, optimization=EVAL_OPTIMIZATION, threads=self.threads)
             self._names = runtime.output_names(s_ref)
             self._ref_out = [runtime.run(s_ref, f, self._names) for f in self.feeds]
         return self._ref_out
@@ -287,7 +309,7 @@ class EvalSet:
 
     def compare(self, graph: Graph) -> Comparison:
         self._reference()
-        s = runtime.make_session(to_proto(graph, check=False), optimization="basic", threads=self.threads)
+        s = runtime.make_session(to_proto(graph, check=False), optimization=EVAL_OPTIMIZATION, threads=self.threads)
         return self._comparison(runtime.run(s, f, self._names) for f in self.feeds)
 
     def compare_many(self, graphs: Iterable[Graph], evaluate) -> Iterable[Comparison]:
@@ -339,4 +361,4 @@ def datafree_importance(cands: Candidates, options: Iterable[SegmentOption], ori
     return imp
 
 
-__all__ = ["EvalSet", "Importance", "MeasuredImportance", "OptionScore", "datafree_importance", "fit_operators"]
+__all__ = ["EvalSet", "Importance", "fittable", "MeasuredImportance", "OptionScore", "datafree_importance", "fit_operators"]
