@@ -172,6 +172,7 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     if c1 is None or c2 is None:
         return res.refuse(f"{label}: {why1 or why2}")
     chain = _Chain(c1, spatial_shape(graph, c1n.inputs[0]))
+    first_c2 = c2
     nodes = [c1n]
     best = None  # (saving, n convs, spec, K, nodes, costs)
     first_costs = None
@@ -204,13 +205,13 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
         add, const, nxt = link
         if intermediate_blocker(graph, c2n.outputs[0]) or (add is not None and intermediate_blocker(graph, add.outputs[0])):
             break
-        c2, _ = read_conv(graph, nxt)
-        if c2 is None:
+        nxt_spec, _ = read_conv(graph, nxt)
+        if nxt_spec is None:  # e.g. a shared weight: the chain ends before it
             break
-        c2n = nxt
+        c2, c2n = nxt_spec, nxt
     if best is None:
         b, a = next(((b, a) for b, a in first_costs if a > b), first_costs[0])
-        return res.refuse(f"{label}: merged kernel {chain_kernel(c1, c2)} costs {a} MACs > {b}")
+        return res.refuse(f"{label}: merged kernel {chain_kernel(c1, first_c2)} costs {a} MACs > {b}")
     _, count, spec, K, old, costs = best
     last = old[-1]
     out = last.outputs[0]
