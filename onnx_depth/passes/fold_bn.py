@@ -23,6 +23,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
 from ..kernels import (
+    float32_blocker,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
     fold_bn_before_conv,
@@ -77,13 +78,18 @@ def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             if spec is None:
                 reasons.append(why)
                 return False
-            new = [conv_node(graph, fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps), prod.inputs[0], y, prod.name or "conv")]
+            folded = fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, folded.weight, folded.bias):
+                return False
+            new = [conv_node(graph, folded, prod.inputs[0], y, prod.name or "conv")]
         elif prod.op_type == "ConvTranspose":
             spec, why = _conv_transpose_weights(graph, prod)
             if spec is None:
                 reasons.append(why)
                 return False
             w, b = fold_bn_after_conv_transpose(spec[0], spec[1], prod.attr("group", 1), bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, w, b):
+                return False
             ct = Node("ConvTranspose", [prod.inputs[0], graph.add_const(w, (prod.name or "convT") + ".weight"), graph.add_const(b, (prod.name or "convT") + ".bias")], [y], name=graph.fresh_name(prod.name or "convT"), attributes=dict(prod.attributes))
             new = [ct]
         else:
@@ -96,12 +102,21 @@ def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
                 return False
             s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
             b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            if _unsafe(reasons, bnode, d.W * s, s * b0 + t):
+                return False
             new = dense_nodes(graph, d.W * s, s * b0 + t, d.x, y, prod.name or "gemm")
     except ValueError as e:
         reasons.append(f"{bnode.label}: {e}")
         return False
     graph.replace_chain([prod, bnode], new)
     return True
+
+
+def _unsafe(reasons: list[str], bnode: Node, *arrays) -> bool:
+    why = float32_blocker(*arrays, what="folded weights")
+    if why:
+        reasons.append(f"{bnode.label}: {why}")
+    return why is not None
 
 
 def _conv_transpose_weights(graph: Graph, node: Node):
@@ -139,6 +154,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             if not r.exact and r.correction is None:
                 reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static spatial input shape for its border correction")
                 return False
+            if _unsafe(reasons, bnode, r.spec.weight, r.spec.bias, r.correction):
+                return False
             out = cons.outputs[0]
             if r.correction is None:
                 new = [conv_node(graph, r.spec, x, out, cons.name or "conv")]
@@ -156,6 +173,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
                 return False
             s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
             b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            if _unsafe(reasons, bnode, s[:, None] * d.W, t @ d.W + b0):
+                return False
             new = dense_nodes(graph, s[:, None] * d.W, t @ d.W + b0, x, d.y, cons.name or "gemm")
             graph.replace_chain([bnode, *d.nodes], new)
             return True

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
-from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, merge
+from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, float32_blocker, merge
 from ..kernels.conv_reference import conv_apply
 from .base import PassContext, PassResult
 from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_conv, read_dense, spatial_shape
@@ -120,7 +120,8 @@ class _Chain:
         if self.sp is None and tier == Tier.CORRECTABLE and M.bias is not None and np.any(M.bias):
             raise _Stop("the input has a dynamic spatial shape and the merge needs one for its border correction")
         try:
-            m = merge(M, c2, self.sp, allow_inexact=not lossless)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by float32_blocker
+                m = merge(M, c2, self.sp, allow_inexact=not lossless)
         except ValueError as e:
             raise _Stop(str(e)) from e
         newK = None if m.correction is None else np.asarray(m.correction, np.float64)
@@ -193,6 +194,11 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
                 return res.refuse(f"{label}: no input size is valid for the chain")
             break
         first_costs = first_costs or costs
+        unsafe = float32_blocker(chain.spec.weight, chain.spec.bias, chain.K, what="merged weights")
+        if unsafe:
+            if best is None:
+                return res.refuse(f"{label}: {unsafe}")
+            break
         if not ctx.require_fewer_macs or all(a <= b for b, a in costs):
             saving = costs[0][0] - costs[0][1]
             if best is None or saving >= best[0]:
@@ -311,6 +317,9 @@ def _dense_chain(graph: Graph, n1: Node, ctx: PassContext, res: PassResult) -> N
     after = int(W.size)
     if ctx.require_fewer_macs and after > before:
         return res.refuse(f"{label}: merged {W.shape[0]}x{W.shape[1]} costs {after} MACs per row > {before}")
+    why = float32_blocker(W, b, what="merged weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     new = dense_nodes(graph, W, b, d1.x, d2.y, cons[0].name or n1.name or "dense")
     graph.replace_chain([*d1.nodes, *d2.nodes], new)
     res.changed += 1
@@ -396,11 +405,15 @@ def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult) -> None:
             return res.refuse(f"{label}: dense layer is not square")
     except ValueError as e:
         return res.refuse(f"{label}: {e}")
+    W, bias = (spec.weight, spec.bias) if isinstance(L, ConvSpec) else (L.W + np.eye(L.W.shape[0]), L.b)
+    why = float32_blocker(W, bias, what="fused weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     y = _target(graph, out, K, x)  # L(x) has x's shape
     if isinstance(L, ConvSpec):
         new = [conv_node(graph, spec, x, y, nodes[0].name or "conv")]
     else:
-        new = dense_nodes(graph, L.W + np.eye(L.W.shape[0]), L.b, x, y, nodes[0].name or "dense")
+        new = dense_nodes(graph, W, bias, x, y, nodes[0].name or "dense")
     graph.replace_chain([*nodes, add], new + _plus_const(graph, y, K, out, nodes[0].name or "residual"))
     res.changed += 1
     res.details.append(f"fused residual {label}")
@@ -424,6 +437,12 @@ def _parallel(graph: Graph, add: Node, la, lb, ctx: PassContext, res: PassResult
     except ValueError as e:
         return res.refuse(f"{label}: {e}")
     K = Ka if Kb is None else (Kb if Ka is None else np.asarray(Ka, np.float64) + np.asarray(Kb, np.float64))
+    if isinstance(A, ConvSpec):
+        why = float32_blocker(merged.weight, merged.bias, K, what="fused weights")
+    else:
+        why = float32_blocker(A.W + B.W, A.b, B.b, K, what="fused weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     y = _target(graph, out, K, na[-1 if Ka is None else -2].outputs[0])  # a branch's own output
     if isinstance(A, ConvSpec):
         new = [conv_node(graph, merged, x, y, na[0].name or "conv")]
