@@ -166,7 +166,7 @@ def _dp_chains(cands: Candidates, lm: LatencyModel, imp: Importance, allowed: se
     for c in cands.chains:
         opts = []
         for o in cands.options:
-            if o.chain != c.id or (o.kind != "keep" and o.id not in allowed):
+            if o.chain != c.id or (o.kind != "keep" and (o.id not in allowed or o.id in imp.refused)):
                 continue
             opts.append(dp.Option(o.st, o.end, max(lm.option_cost(o), 0.0), imp.of(o), o))
         chains.append(dp.Chain(c.L, opts, name=f"chain {c.id}"))
@@ -256,7 +256,13 @@ def plan_for_budget(
     rounds: list[Round] = []
 
     def build(plan: list[SegmentOption]) -> Graph:
-        g = cands.apply_graph(plan, imp.operators_for(plan))
+        ops = imp.operators_for(plan)
+        for o in [o for o in plan if o.id in imp.refused]:  # its weights leave float32: keep its layers
+            allowed.discard(o.id)
+            warnings.append(f"option {o.id} not applied: {imp.refused[o.id]}; its layers are kept")
+            i = plan.index(o)
+            plan[i:i + 1] = [cands.option(f"c{o.chain}({j - 1},{j}]:keep:{j}") for j in range(o.st + 1, o.end + 1)]
+        g = cands.apply_graph(plan, {k: v for k, v in ops.items() if k not in imp.refused})
         run_to_fixed_point(g, LOSSLESS, PassContext(lossless=True))
         return g
 

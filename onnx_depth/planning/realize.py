@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph
-from ..kernels import ConvSpec, add_identity, add_parallel, compose
+from ..kernels import ConvSpec, add_identity, add_parallel, compose, float32_blocker
 from ..kernels.dense_compose import compose_affine
 from ..passes.layer_io import read_conv, read_dense
 from .segments import Candidates, Layer, SegmentOption, fold_map
@@ -90,6 +90,18 @@ def option_operator(cands: Candidates, opt: SegmentOption):
     return m
 
 
+def operator_blocker(op) -> str | None:
+    """Why the operator `option_operator` (or a refit) built cannot be emitted: a weight that is
+    not finite in float32 or is outside its safe range (kernels.float32_range); None if it can."""
+    if isinstance(op, ConvSpec):
+        return float32_blocker(op.weight, op.bias, what="merged weights")
+    if isinstance(op, tuple):
+        return float32_blocker(*op, what="merged weights")
+    if isinstance(op, float):
+        return float32_blocker(np.array([op]), what="merged scale")
+    return None
+
+
 def option_target(cands: Candidates, opt: SegmentOption) -> str:
     """The tensor the option's operator produces (what a refit matches): the end layer's output,
     or the output of a residual Add fused at the end."""
@@ -115,4 +127,4 @@ def pruned_layers(cands: Candidates, opt: SegmentOption) -> list:
     return [chain.layer(j).nodes[0] for j in opt.pruned]
 
 
-__all__ = ["RealAlgebra", "option_input", "option_operator", "option_target", "pruned_layers", "removed_activations"]
+__all__ = ["RealAlgebra", "operator_blocker", "option_input", "option_operator", "option_target", "pruned_layers", "removed_activations"]
