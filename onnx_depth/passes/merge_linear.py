@@ -25,9 +25,13 @@ When to merge: only when the merged operator has no more MACs than what it repla
 (ctx.require_fewer_macs), so lossless mode never makes a model bigger on paper: per sample at the
 static input size; with a dynamic spatial size, at every probe size 1..64, 96, ..., 512 and per
 output position (how onnx_depth.metrics counts symbolic dims); dense layers per row; parallel
-convs per output position (one output grid).
+convs per output position (one output grid). Nor more parameters: the merged weight, bias and
+border map have at most as many elements as the weights, biases and added constants they replace
+(a border map of a large input usually fails this: lossless never makes the model bigger).
 Every layer must be float32 with constant, unshared weights (the kernels write float32; a shared
-weight would stay alive for its other user).
+weight would stay alive for its other user, and the model would grow), and the merged weights
+must be finite in float32 and inside its safe range (kernels.float32_range), else the merge is
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -174,6 +178,7 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
         return res.refuse(f"{label}: {why1 or why2}")
     chain = _Chain(c1, spatial_shape(graph, c1n.inputs[0]))
     first_c2 = c2
+    first_params = None
     nodes = [c1n]
     best = None  # (saving, n convs, spec, K, nodes, costs)
     first_costs = None
@@ -199,7 +204,10 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
             if best is None:
                 return res.refuse(f"{label}: {unsafe}")
             break
-        if not ctx.require_fewer_macs or all(a <= b for b, a in costs):
+        p_before, p_after = _chain_params(graph, chain, nodes)
+        grows = ctx.require_fewer_macs and p_after > p_before
+        first_params = first_params or (p_before, p_after)
+        if (not ctx.require_fewer_macs or all(a <= b for b, a in costs)) and not grows:
             saving = costs[0][0] - costs[0][1]
             if best is None or saving >= best[0]:
                 best = (saving, len(chain.specs), chain.spec, chain.K, list(nodes), costs)
@@ -217,6 +225,9 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
         c2, c2n = nxt_spec, nxt
     if best is None:
         b, a = next(((b, a) for b, a in first_costs if a > b), first_costs[0])
+        if a <= b and first_params is not None and first_params[1] > first_params[0]:
+            return res.refuse(f"{label}: merged conv (kernel {chain_kernel(c1, first_c2)}, bias and border map) has "
+                              f"{first_params[1]} parameters > {first_params[0]}: lossless rewrites never add parameters")
         return res.refuse(f"{label}: merged kernel {chain_kernel(c1, first_c2)} costs {a} MACs > {b}")
     _, count, spec, K, old, costs = best
     last = old[-1]
@@ -235,6 +246,17 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     tiers = "+".join(t.name for t in chain.tiers[: count - 1])
     b, a = costs[0]
     res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}")
+
+
+def _chain_params(graph: Graph, chain: _Chain, nodes: list[Node]) -> tuple[int, int]:
+    """(parameters of the convs and added constants in `nodes`, parameters of the merged conv
+    with its border map): a lossless merge must not make the model bigger either."""
+    before = sum(int(c.weight.size) + (0 if c.bias is None else int(np.size(c.bias))) for c in chain.specs)
+    for n in nodes:
+        if is_op(n, "Add"):
+            before += sum(int(np.size(graph.const(t))) for t in n.inputs if graph.is_constant(t) and graph.uses(t) == 1)
+    after = int(chain.spec.weight.size) + (0 if chain.spec.bias is None else int(np.size(chain.spec.bias)))
+    return before, after + (0 if chain.K is None else int(chain.K.size))
 
 
 def chain_kernel(c1: ConvSpec, c2: ConvSpec) -> tuple[int, ...]:
@@ -317,6 +339,10 @@ def _dense_chain(graph: Graph, n1: Node, ctx: PassContext, res: PassResult) -> N
     after = int(W.size)
     if ctx.require_fewer_macs and after > before:
         return res.refuse(f"{label}: merged {W.shape[0]}x{W.shape[1]} costs {after} MACs per row > {before}")
+    p_before = sum(int(d.W.size) + (0 if d.b is None else int(d.b.size)) for d in (d1, d2))
+    p_after = int(W.size) + (0 if b is None else int(b.size))
+    if ctx.require_fewer_macs and p_after > p_before:
+        return res.refuse(f"{label}: merged {W.shape[0]}x{W.shape[1]} has {p_after} parameters > {p_before}")
     why = float32_blocker(W, b, what="merged weights")
     if why:
         return res.refuse(f"{label}: {why}")

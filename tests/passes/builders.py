@@ -188,7 +188,7 @@ def check_lossless(
     seed: int = 0,
 ) -> OptimizeResult:
     """optimize(model, lossless=True): outputs equal in onnxruntime at rtol 1e-4 / atol 1e-5,
-    no more nodes, no more MACs, and the result loads again. Returns the result for
+    no more nodes, no more MACs, no more parameters, and the result loads again. Returns the result for
     structural assertions."""
     r = optimize(model, lossless=True)
     assert_same(model, r.model, feeds, n_random, seed)
@@ -200,6 +200,7 @@ def check_lossless(
         # onnx_depth.metrics multiplies in: count those dims as 1, like symbolic ones.
         b_macs, a_macs = macs_with_dynamic_dims_as_one(model), macs_with_dynamic_dims_as_one(r.model)
     assert a_macs <= b_macs, f"MACs went up: {b_macs} -> {a_macs}"
+    assert after.params <= before.params, f"parameters went up: {before.params} -> {after.params}"
     assert len(r.model.graph.node) == after.nodes  # the report describes the emitted model
     return r
 
