@@ -45,7 +45,8 @@ from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
 from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, float32_blocker, merge
 from ..kernels.conv_reference import conv_apply
 from .base import PassContext, PassResult
-from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_conv, read_dense, spatial_shape
+from ..kernels.dense_compose import affine_from_bn
+from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
 
 
 def merge_linear(graph: Graph, ctx: PassContext | None = None) -> PassResult:
@@ -367,6 +368,14 @@ def _residual_or_parallel(graph: Graph, add: Node, ctx: PassContext, res: PassRe
     for x, layer, t in ((a, lb, b), (b, la, a)):
         if layer is not None and layer[0] == x and sole_consumer(graph, t) is add:
             return _residual(graph, add, x, layer, res)
+    for bt, layer, t in ((a, lb, b), (b, la, a)):  # BN(x) + L(x): a scaled identity (RepVGG)
+        bnode = graph.producer(bt)
+        if (layer is not None and is_op(bnode, "BatchNormalization") and bnode.inputs[0] == layer[0]
+                and sole_consumer(graph, bt) is add and sole_consumer(graph, t) is add):
+            bn, why = read_bn(graph, bnode)
+            if bn is None:
+                return res.refuse(f"{add.label}: identity branch {why}")
+            return _residual(graph, add, layer[0], layer, res, bn=(bnode, bn))
     if la is not None and lb is not None and la[0] == lb[0]:
         if sole_consumer(graph, a) is add and sole_consumer(graph, b) is add:
             _parallel(graph, add, la, lb, ctx, res)
@@ -420,18 +429,35 @@ def _plus_const(graph: Graph, y: str, K: np.ndarray | None, out: str, name: str)
     return [Node("Add", [y, kname], [out], name=graph.fresh_name(name + ".const_add"))]
 
 
-def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult) -> None:
+def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult, bn=None) -> None:
+    """x + L(x) -> L' (identity on the centre tap / diagonal). bn = (node, BN): the identity
+    branch is BN(x) = s x + t instead, so s goes on the centre tap / diagonal and t to the bias."""
     _, L, nodes, name, K = layer
-    label = f"{add.label} (x + {name}{' + const' if K is not None else ''})"
+    ident = "x" if bn is None else f"{bn[0].label}(x)"
+    label = f"{add.label} ({ident} + {name}{' + const' if K is not None else ''})"
     out = add.outputs[0]
+    s = t = None
+    if bn is not None:
+        s, t = affine_from_bn(bn[1].scale, bn[1].bias, bn[1].mean, bn[1].var, bn[1].eps)
+        nodes = [*nodes, bn[0]]
     try:
         if isinstance(L, ConvSpec):
-            spec = add_identity(L)
+            spec = add_identity(L, s)
+            if t is not None:
+                spec = ConvSpec(spec.weight, (spec.bias_or_zeros() + t).astype(np.float32), spec.strides, spec.dilations, spec.pads, spec.group)
         elif L.W.shape[0] != L.W.shape[1]:
             return res.refuse(f"{label}: dense layer is not square")
+        elif bn is not None and len(graph.shape(x) or ()) != 2:
+            return res.refuse(f"{label}: BatchNormalization on a [B, T, C] identity branch normalizes T, not the features")
+        elif bn is not None and s.size != L.W.shape[0]:
+            return res.refuse(f"{label}: BatchNormalization has {s.size} channels, the layer {L.W.shape[0]}")
     except ValueError as e:
         return res.refuse(f"{label}: {e}")
-    W, bias = (spec.weight, spec.bias) if isinstance(L, ConvSpec) else (L.W + np.eye(L.W.shape[0]), L.b)
+    if isinstance(L, ConvSpec):
+        W, bias = spec.weight, spec.bias
+    else:
+        W = L.W + (np.eye(L.W.shape[0]) if s is None else np.diag(s))
+        bias = L.b if t is None else (0 if L.b is None else L.b) + t
     why = float32_blocker(W, bias, what="fused weights")
     if why:
         return res.refuse(f"{label}: {why}")
