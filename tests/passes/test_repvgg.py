@@ -67,3 +67,43 @@ def test_identity_bn_whose_conv_has_no_centre_tap_is_refused():
     r = check_lossless(m, feeds_for(m, (1, 4, 6, 6)))
     assert n_nodes(r.model, "BatchNormalization") == 1
     assert any("identity" in w and "tap" in w for w in refusals(r, "merge_linear")), refusals(r)
+
+
+@pytest.mark.parametrize("mode", ["EVAL", "PRESERVE"])
+def test_repvgg_exported_by_torch_collapses(mode):
+    """The same blocks as torch writes them (dynamo=False, dynamic batch): EVAL folds the
+    branch BNs into their convs and keeps BN(x); PRESERVE keeps every BN."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    import onnx
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, ci, co, stride):
+            super().__init__()
+            self.k3 = nn.Sequential(nn.Conv2d(ci, co, 3, stride, 1, bias=False), nn.BatchNorm2d(co))
+            self.k1 = nn.Sequential(nn.Conv2d(ci, co, 1, stride, 0, bias=False), nn.BatchNorm2d(co))
+            self.id = nn.BatchNorm2d(ci) if ci == co and stride == 1 else None
+
+        def forward(self, x):
+            y = self.k3(x) + self.k1(x)
+            return torch.relu(y if self.id is None else y + self.id(x))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                        *(Block(ci, co, s) for ci, co, s, _ in BLOCKS))
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):  # trained-looking statistics (fresh ones are the identity)
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-1, 1)
+    buf = io.BytesIO()
+    torch.onnx.export(net.eval(), torch.randn(1, 3, 16, 16), buf, dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}}, training=getattr(torch.onnx.TrainingMode, mode),
+                      do_constant_folding=mode == "EVAL")
+    m = onnx.load_from_string(buf.getvalue())
+    assert n_nodes(m, "BatchNormalization") >= 4 and n_nodes(m, "Add") == 10
+    r = check_lossless(m, feeds_for(m, (1, 3, 16, 16)) + feeds_for(m, (3, 3, 16, 16), seed=1))
+    assert op_counts(r.model) == {"Conv": 7, "Relu": 7}, op_counts(r.model)
