@@ -50,7 +50,7 @@ def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
             res.refuse(why)
             continue
         reasons: list[str] = []
-        done = _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons, ctx)
+        done = _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons)
         if done:
             tied = f" and {int(done) - 1} more into one tied weight (rewritten once)" if int(done) > 1 else ""
             res.details.append(f"folded {node.label}{tied}")
@@ -184,7 +184,7 @@ def _conv_transpose_weights(graph: Graph, node: Node):
     return (w, b), None
 
 
-def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str], ctx: PassContext) -> bool:
+def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
     y = bnode.outputs[0]
     cons = sole_consumer(graph, y)
     if cons is None:
@@ -206,12 +206,6 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str], ctx: Pas
                 reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static spatial input shape for its border correction")
                 return False
             if _unsafe(reasons, bnode, r.spec.weight, r.spec.bias, r.correction):
-                return False
-            before = 4 * bn.scale.size + spec.weight.size + (0 if spec.bias is None else spec.bias.size)
-            after = r.spec.weight.size + (0 if r.spec.bias is None else r.spec.bias.size) + (0 if r.correction is None else r.correction.size)
-            if ctx.require_fewer_macs and after > before:
-                reasons.append(f"{bnode.label}: folding into padded {cons.label} needs a border map; with it the conv has "
-                               f"{after} parameters > {before}, and lossless rewrites never add parameters")
                 return False
             out = cons.outputs[0]
             if r.correction is None:

@@ -25,9 +25,9 @@ When to merge: only when the merged operator has no more MACs than what it repla
 (ctx.require_fewer_macs), so lossless mode never makes a model bigger on paper: per sample at the
 static input size; with a dynamic spatial size, at every probe size 1..64, 96, ..., 512 and per
 output position (how onnx_depth.metrics counts symbolic dims); dense layers per row; parallel
-convs per output position (one output grid). Nor more parameters: the merged weight, bias and
-border map have at most as many elements as the weights, biases and added constants they replace
-(a border map of a large input usually fails this: lossless never makes the model bigger).
+convs per output position (one output grid). Nor more parameters: the merged weight and bias
+have at most as many elements as the weights and biases they replace (a CORRECTABLE merge's
+constant border map is not counted; the detail line gives its size).
 Every layer must be float32 with constant, unshared weights (the kernels write float32; a shared
 weight would stay alive for its other user, and the model would grow), and the merged weights
 must be finite in float32 and inside its safe range (kernels.float32_range), else the merge is
@@ -227,8 +227,8 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     if best is None:
         b, a = next(((b, a) for b, a in first_costs if a > b), first_costs[0])
         if a <= b and first_params is not None and first_params[1] > first_params[0]:
-            return res.refuse(f"{label}: merged conv (kernel {chain_kernel(c1, first_c2)}, bias and border map) has "
-                              f"{first_params[1]} parameters > {first_params[0]}: lossless rewrites never add parameters")
+            return res.refuse(f"{label}: merged conv (kernel {chain_kernel(c1, first_c2)}) has {first_params[1]} "
+                              f"parameters > {first_params[0]}: lossless merges never add weights")
         return res.refuse(f"{label}: merged kernel {chain_kernel(c1, first_c2)} costs {a} MACs > {b}")
     _, count, spec, K, old, costs = best
     last = old[-1]
@@ -246,18 +246,18 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     res.changed += 1
     tiers = "+".join(t.name for t in chain.tiers[: count - 1])
     b, a = costs[0]
-    res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}")
+    border = "" if K is None else f", border map of {K.size} values"
+    res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}{border}")
 
 
 def _chain_params(graph: Graph, chain: _Chain, nodes: list[Node]) -> tuple[int, int]:
-    """(parameters of the convs and added constants in `nodes`, parameters of the merged conv
-    with its border map): a lossless merge must not make the model bigger either."""
+    """(weights + biases of the convs, weights + bias of the merged conv): a lossless merge must
+    not make the layers bigger either. The constant border map of a CORRECTABLE merge is not
+    counted (it would refuse most of them on real input sizes, e.g. the collapsed inverted
+    residuals of the training companion); the merge's detail line reports its size."""
     before = sum(int(c.weight.size) + (0 if c.bias is None else int(np.size(c.bias))) for c in chain.specs)
-    for n in nodes:
-        if is_op(n, "Add"):
-            before += sum(int(np.size(graph.const(t))) for t in n.inputs if graph.is_constant(t) and graph.uses(t) == 1)
     after = int(chain.spec.weight.size) + (0 if chain.spec.bias is None else int(np.size(chain.spec.bias)))
-    return before, after + (0 if chain.K is None else int(chain.K.size))
+    return before, after
 
 
 def chain_kernel(c1: ConvSpec, c2: ConvSpec) -> tuple[int, ...]:
