@@ -165,6 +165,53 @@ def _constant_value(n: onnx.NodeProto) -> onnx.TensorProto | None:
     return None  # sparse_value / strings: left as a node
 
 
+# ---------------------------------------------------------------------- tied weights
+def alias_constant_identities(model: onnx.ModelProto) -> int:
+    """Point the readers of ``Identity(W)``, W an initializer, at W itself and drop the Identity
+    (in place; returns the count). Exporters write a tied weight (one parameter used by several
+    layers) as one initializer plus an Identity per extra use; constant folding would turn each
+    Identity into a copy of W, silently multiplying the parameters. Exact: Identity(W) = W,
+    also when W is an overridable input. Kept: Identities whose output is a graph output or is
+    read inside a subgraph."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    keep_names = {o.name for o in g.output} | _subgraph_reads(g)
+    alias: dict[str, str] = {}
+    keep: list[onnx.NodeProto] = []
+    for n in g.node:
+        if (n.op_type == "Identity" and n.domain in ("", "ai.onnx") and len(n.input) == 1 and len(n.output) == 1
+                and n.output[0] not in keep_names):
+            src = alias.get(n.input[0], n.input[0])
+            if src in inits:
+                alias[n.output[0]] = src
+                continue
+        keep.append(n)
+    if not alias:
+        return 0
+    for n in keep:
+        for i, t in enumerate(n.input):
+            if t in alias:
+                n.input[i] = alias[t]
+    del g.node[:]
+    g.node.extend(keep)
+    drop = set(alias)
+    vi = [v for v in g.value_info if v.name not in drop]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    return len(alias)
+
+
+def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    """Names read by nodes of any subgraph (If/Loop/Scan bodies), recursively."""
+    out: set[str] = set()
+    for n in g.node:
+        for a in n.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+            for sg in subs:
+                out |= {i for m in sg.node for i in m.input} | _subgraph_reads(sg)
+    return out
+
+
 # ---------------------------------------------------------------------- folding
 def _foldable_nodes(model: onnx.ModelProto) -> bool:
     consts = {t.name for t in model.graph.initializer} - overridable_initializers(model)
@@ -333,6 +380,7 @@ def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     for name, t in gg.tensors().items():
         if name in produced and isinstance(t, gs.Constant):
             folded[name] = np.asarray(t.values)
+    folded = _without_weight_growth(model, folded)
     if not folded:
         return 0
     keep: list[onnx.NodeProto] = []
@@ -352,6 +400,30 @@ def fold_constants(model: onnx.ModelProto, base_dir: str | None) -> int:
     for name in replaced:
         model.graph.initializer.append(numpy_helper.from_array(folded[name], name))
     return removed
+
+
+def _without_weight_growth(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The folded values to use so that folding adds no floating-point parameters. Folding
+    Transpose(W) or Mul(W, c) while W stays read elsewhere (a tied weight), or DequantizeLinear
+    (int8 -> float), would add a float copy; then only the non-float values (shape arithmetic)
+    are folded."""
+    def floats(a) -> int:
+        return int(a.size) if a.dtype.kind in "fc" else 0
+
+    outputs = {o.name for o in model.graph.output}
+    removed = [n for n in model.graph.node
+               if [o for o in n.output if o] and all(o in folded for o in n.output if o) and not any(o in outputs for o in n.output)]
+    gone = {id(n) for n in removed}
+    reads = outputs | _subgraph_reads(model.graph) | {i for n in model.graph.node if id(n) not in gone for i in n.input}
+    reads |= {i.name for i in model.graph.input}
+    added = sum(floats(v) for k, v in folded.items() if k in reads)
+    before = {i for n in removed for i in n.input}
+    freed = sum(int(np.prod(t.dims)) for t in model.graph.initializer
+                if t.name in before and t.name not in reads
+                and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).kind in "fc")
+    if added <= freed:
+        return folded
+    return {k: v for k, v in folded.items() if v.dtype.kind not in "fc"}
 
 
 # ---------------------------------------------------------------------- shapes
@@ -426,6 +498,7 @@ def load(
         model = copy
     promote_constants(model)
     if fold:
+        alias_constant_identities(model)
         fold_constants(model, base_dir)
     if shapes:
         _list_initializers_as_inputs(model)

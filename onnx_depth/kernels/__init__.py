@@ -11,6 +11,7 @@ One concept per module, the math in each module's docstring:
 - ``bn_fold``: BatchNormalization folded after Conv / ConvTranspose / Gemm / MatMul and before
   Conv / Gemm / MatMul.
 - ``conv_reference``: a float64 numpy Conv used to compute constant maps.
+- ``float32_range``: whether a weight composed in float64 can be written as float32 (finite, in a safe range).
 
 Convention: every kernel computes in float64 and returns float32 arrays (``OUT_DTYPE``), the
 dtype ONNX models use; inputs may be any float dtype. Unsupported configurations raise ValueError.
@@ -38,10 +39,12 @@ from .dense_compose import (
     to_gemm,
     to_matmul,
 )
+from .float32_range import SAFE_MAX, float32_blocker
 from .residual import add_identity, add_parallel
 
 __all__ = [
     "OUT_DTYPE",
+    "SAFE_MAX",
     "BnBeforeResult",
     "ConvSpec",
     "MergeResult",
@@ -55,6 +58,7 @@ __all__ = [
     "compose_affine_bn",
     "compose_chain",
     "exactness",
+    "float32_blocker",
     "fold_bn_after_conv",
     "fold_bn_after_conv_transpose",
     "fold_bn_after_gemm",

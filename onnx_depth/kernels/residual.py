@@ -5,6 +5,7 @@ x[t + d*u - p_begin]; the identity is the tap u* with d*u* = p_begin. So
 
     W'[o, o mod (C/g), u*] = W[o, o mod (C/g), u*] + 1,   bias unchanged,
 
+(+ s[o] instead of + 1 for a scaled identity diag(s) x, e.g. a BatchNorm on the identity branch),
 where o mod (C/g) is channel o's position inside its group (output o and input o are in the same
 group because C_in == C_out). Requirements: stride 1, C_in == C_out, "same" output length
 (p_begin + p_end == d*(k-1), so the output grid is the input grid), and p_begin divisible by d
@@ -34,8 +35,11 @@ import numpy as np
 from .conv_spec import OUT_DTYPE, ConvSpec, from_block_dense, to_block_dense
 
 
-def add_identity(c: ConvSpec) -> ConvSpec:
-    """The conv equal to x + c(x). ValueError if that is not a single conv of c's shape."""
+def add_identity(c: ConvSpec, scale=None) -> ConvSpec:
+    """The conv equal to x + c(x), or diag(scale) x + c(x) with a per-channel `scale` (a
+    BatchNormalization on the identity branch, RepVGG: BN(x) = s x + t adds s[o] at the centre
+    tap of output o's own input channel; its shift t goes to the bias, which the caller adds).
+    ValueError if that is not a single conv of c's shape."""
     if c.in_channels != c.out_channels:
         raise ValueError(f"residual needs C_in == C_out, conv maps {c.in_channels} -> {c.out_channels} channels")
     if any(s != 1 for s in c.strides):
@@ -56,7 +60,13 @@ def add_identity(c: ConvSpec) -> ConvSpec:
     w = np.array(c.weight, dtype=np.float64)
     cg = w.shape[1]  # channels per group
     o = np.arange(c.out_channels)
-    w[(o, o % cg, *taps)] += 1.0
+    if scale is None:
+        w[(o, o % cg, *taps)] += 1.0
+    else:
+        scale = np.asarray(scale, np.float64).reshape(-1)
+        if scale.shape != (c.out_channels,):
+            raise ValueError(f"identity scale has {scale.size} values for {c.out_channels} channels")
+        w[(o, o % cg, *taps)] += scale
     bias = None if c.bias is None else np.asarray(c.bias).astype(OUT_DTYPE)
     return ConvSpec(w.astype(OUT_DTYPE), bias, c.strides, c.dilations, c.pads, c.group)
 

@@ -16,7 +16,8 @@ from ..ir import Graph
 @dataclass
 class PassContext:
     lossless: bool = True
-    # merge only when the merged operator has no more MACs than the chain it replaces
+    # merge only when the merged operator has no more MACs, and no more parameters (weights,
+    # biases, border maps), than the chain it replaces: the lossless model is never bigger
     require_fewer_macs: bool = True
     # fold_bn: rewrite a BatchNormalization with no linear neighbour as Mul + Add (off: keep it,
     # one node instead of two; on: for later passes that understand Mul/Add)

@@ -11,7 +11,13 @@ node's own epsilon. The math lives in onnx_depth.kernels.bn_fold:
   tensor, Mul + Add would be two nodes and two passes) and recorded in ``refused``; with
   ``PassContext.bn_to_mul_add`` it becomes x * s + t with s, t of shape [C, 1, ..., 1]
   (rank - 2 ones; needs the input rank). Exact.
-Refused (left untouched, with the reason): non-constant or shared weights, an intermediate
+* tied weights: a Conv weight W (and bias) shared by several Convs (a module applied several
+  times) is folded only when every user is a Conv followed by the same BN (equal parameters):
+  then W' = W*s, b' = s*b + t is the same rewrite for all, W and b are rewritten once and every
+  Conv reads the new tensors (the parameter count does not grow). Folded weights must be finite
+  in float32 and within its safe range (kernels.float32_range).
+Refused (left untouched, with the reason): non-constant weights, shared weights whose users
+need different rewrites, an intermediate
 tensor that is a graph output or has other consumers, BN in training mode, non-float32 tensors,
 BN before a padded conv on an input without a static spatial shape.
 """
@@ -23,6 +29,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
 from ..kernels import (
+    float32_blocker,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
     fold_bn_before_conv,
@@ -43,9 +50,11 @@ def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
             res.refuse(why)
             continue
         reasons: list[str] = []
-        if _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons):
-            res.details.append(f"folded {node.label}")
-            res.changed += 1
+        done = _fold_after(graph, node, bn, reasons) or _fold_before(graph, node, bn, reasons)
+        if done:
+            tied = f" and {int(done) - 1} more into one tied weight (rewritten once)" if int(done) > 1 else ""
+            res.details.append(f"folded {node.label}{tied}")
+            res.changed += int(done)
             continue
         why = "; ".join(reasons or ["no linear neighbour to fold into"])
         if not ctx.bn_to_mul_add:
@@ -61,7 +70,7 @@ def fold_bn(graph: Graph, ctx: PassContext | None = None) -> PassResult:
     return res
 
 
-def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
+def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> int:
     x = bnode.inputs[0]
     prod = graph.producer(x)
     if not is_op(prod, "Conv", "ConvTranspose", "Gemm", "MatMul"):
@@ -74,16 +83,23 @@ def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
     try:
         if prod.op_type == "Conv":
             spec, why = read_conv(graph, prod)
+            if spec is None and "shared" in (why or ""):
+                return _fold_after_tied_conv(graph, prod, bn, reasons, why)
             if spec is None:
                 reasons.append(why)
                 return False
-            new = [conv_node(graph, fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps), prod.inputs[0], y, prod.name or "conv")]
+            folded = fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, folded.weight, folded.bias):
+                return False
+            new = [conv_node(graph, folded, prod.inputs[0], y, prod.name or "conv")]
         elif prod.op_type == "ConvTranspose":
             spec, why = _conv_transpose_weights(graph, prod)
             if spec is None:
                 reasons.append(why)
                 return False
             w, b = fold_bn_after_conv_transpose(spec[0], spec[1], prod.attr("group", 1), bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, w, b):
+                return False
             ct = Node("ConvTranspose", [prod.inputs[0], graph.add_const(w, (prod.name or "convT") + ".weight"), graph.add_const(b, (prod.name or "convT") + ".bias")], [y], name=graph.fresh_name(prod.name or "convT"), attributes=dict(prod.attributes))
             new = [ct]
         else:
@@ -96,12 +112,62 @@ def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
                 return False
             s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
             b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            if _unsafe(reasons, bnode, d.W * s, s * b0 + t):
+                return False
             new = dense_nodes(graph, d.W * s, s * b0 + t, d.x, y, prod.name or "gemm")
     except ValueError as e:
         reasons.append(f"{bnode.label}: {e}")
         return False
     graph.replace_chain([prod, bnode], new)
     return True
+
+
+def _same_bn(a: BN, b: BN) -> bool:
+    return a.eps == b.eps and all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("scale", "bias", "mean", "var"))
+
+
+def _fold_after_tied_conv(graph: Graph, prod: Node, bn: BN, reasons: list[str], why: str) -> int:
+    """A weight W (and bias B) shared by several Convs, each followed by the same BN (a module
+    applied several times): W' = W*s, B' = s*B + t is the same rewrite for every user, so W and B
+    are rewritten once and every Conv reads W', B' (no copy: the parameter count does not grow).
+    Otherwise nothing changes and `reasons` says why."""
+    w = prod.inputs[1]
+    b = prod.inputs[2] if len(prod.inputs) > 2 and prod.inputs[2] else None
+    users = graph.consumers(w)
+    pairs: list[tuple[Node, Node]] = []
+    for u in users:
+        ub = u.inputs[2] if len(u.inputs) > 2 and u.inputs[2] else None
+        nxt = sole_consumer(graph, u.outputs[0]) if is_op(u, "Conv") else None
+        other = read_bn(graph, nxt)[0] if is_op(nxt, "BatchNormalization") and nxt.inputs[0] == u.outputs[0] else None
+        if not is_op(u, "Conv") or u.inputs[1] != w or ub != b or other is None or not _same_bn(bn, other):
+            reasons.append(f"{why}; its users are not all Convs followed by the same BatchNormalization, "
+                           "so the weight cannot be rewritten once for all of them")
+            return False
+        pairs.append((u, nxt))
+    if graph.uses(w) != len(users) or (b is not None and graph.uses(b) != len(users)):
+        reasons.append(f"{why}; it is also read elsewhere")
+        return False
+    spec, why2 = read_conv(graph, prod, exclusive=False)
+    if spec is None:
+        reasons.append(why2)
+        return False
+    folded = fold_bn_after_conv(spec, bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+    if _unsafe(reasons, pairs[0][1], folded.weight, folded.bias):
+        return False
+    wn = graph.add_const(np.asarray(folded.weight, np.float32), w + ".bn_folded")
+    bname = graph.add_const(np.asarray(folded.bias, np.float32), (b or w) + ".bn_folded_bias")
+    for u, bnode in pairs:
+        new = Node("Conv", [u.inputs[0], wn, bname], [bnode.outputs[0]], name=graph.fresh_name(u.name or "conv"),
+                   domain=u.domain, attributes=dict(u.attributes))
+        graph.replace_chain([u, bnode], [new])
+    return len(pairs)
+
+
+def _unsafe(reasons: list[str], bnode: Node, *arrays) -> bool:
+    why = float32_blocker(*arrays, what="folded weights")
+    if why:
+        reasons.append(f"{bnode.label}: {why}")
+    return why is not None
 
 
 def _conv_transpose_weights(graph: Graph, node: Node):
@@ -139,6 +205,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             if not r.exact and r.correction is None:
                 reasons.append(f"{bnode.label}: BN before padded {cons.label} needs a static spatial input shape for its border correction")
                 return False
+            if _unsafe(reasons, bnode, r.spec.weight, r.spec.bias, r.correction):
+                return False
             out = cons.outputs[0]
             if r.correction is None:
                 new = [conv_node(graph, r.spec, x, out, cons.name or "conv")]
@@ -156,6 +224,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
                 return False
             s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
             b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
+            if _unsafe(reasons, bnode, s[:, None] * d.W, t @ d.W + b0):
+                return False
             new = dense_nodes(graph, s[:, None] * d.W, t @ d.W + b0, x, d.y, cons.name or "gemm")
             graph.replace_chain([bnode, *d.nodes], new)
             return True

@@ -25,9 +25,13 @@ When to merge: only when the merged operator has no more MACs than what it repla
 (ctx.require_fewer_macs), so lossless mode never makes a model bigger on paper: per sample at the
 static input size; with a dynamic spatial size, at every probe size 1..64, 96, ..., 512 and per
 output position (how onnx_depth.metrics counts symbolic dims); dense layers per row; parallel
-convs per output position (one output grid).
+convs per output position (one output grid). Nor more parameters: the merged weight and bias
+have at most as many elements as the weights and biases they replace (a CORRECTABLE merge's
+constant border map is not counted; the detail line gives its size).
 Every layer must be float32 with constant, unshared weights (the kernels write float32; a shared
-weight would stay alive for its other user).
+weight would stay alive for its other user, and the model would grow), and the merged weights
+must be finite in float32 and inside its safe range (kernels.float32_range), else the merge is
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
-from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, merge
+from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, float32_blocker, merge
 from ..kernels.conv_reference import conv_apply
 from .base import PassContext, PassResult
-from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_conv, read_dense, spatial_shape
+from ..kernels.dense_compose import affine_from_bn
+from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
 
 
 def merge_linear(graph: Graph, ctx: PassContext | None = None) -> PassResult:
@@ -120,7 +125,8 @@ class _Chain:
         if self.sp is None and tier == Tier.CORRECTABLE and M.bias is not None and np.any(M.bias):
             raise _Stop("the input has a dynamic spatial shape and the merge needs one for its border correction")
         try:
-            m = merge(M, c2, self.sp, allow_inexact=not lossless)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by float32_blocker
+                m = merge(M, c2, self.sp, allow_inexact=not lossless)
         except ValueError as e:
             raise _Stop(str(e)) from e
         newK = None if m.correction is None else np.asarray(m.correction, np.float64)
@@ -172,6 +178,8 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     if c1 is None or c2 is None:
         return res.refuse(f"{label}: {why1 or why2}")
     chain = _Chain(c1, spatial_shape(graph, c1n.inputs[0]))
+    first_c2 = c2
+    first_params = None
     nodes = [c1n]
     best = None  # (saving, n convs, spec, K, nodes, costs)
     first_costs = None
@@ -192,7 +200,15 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
                 return res.refuse(f"{label}: no input size is valid for the chain")
             break
         first_costs = first_costs or costs
-        if not ctx.require_fewer_macs or all(a <= b for b, a in costs):
+        unsafe = float32_blocker(chain.spec.weight, chain.spec.bias, chain.K, what="merged weights")
+        if unsafe:
+            if best is None:
+                return res.refuse(f"{label}: {unsafe}")
+            break
+        p_before, p_after = _chain_params(graph, chain, nodes)
+        grows = ctx.require_fewer_macs and p_after > p_before
+        first_params = first_params or (p_before, p_after)
+        if (not ctx.require_fewer_macs or all(a <= b for b, a in costs)) and not grows:
             saving = costs[0][0] - costs[0][1]
             if best is None or saving >= best[0]:
                 best = (saving, len(chain.specs), chain.spec, chain.K, list(nodes), costs)
@@ -204,13 +220,16 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
         add, const, nxt = link
         if intermediate_blocker(graph, c2n.outputs[0]) or (add is not None and intermediate_blocker(graph, add.outputs[0])):
             break
-        c2, _ = read_conv(graph, nxt)
-        if c2 is None:
+        nxt_spec, _ = read_conv(graph, nxt)
+        if nxt_spec is None:  # e.g. a shared weight: the chain ends before it
             break
-        c2n = nxt
+        c2, c2n = nxt_spec, nxt
     if best is None:
         b, a = next(((b, a) for b, a in first_costs if a > b), first_costs[0])
-        return res.refuse(f"{label}: merged kernel {chain_kernel(c1, c2)} costs {a} MACs > {b}")
+        if a <= b and first_params is not None and first_params[1] > first_params[0]:
+            return res.refuse(f"{label}: merged conv (kernel {chain_kernel(c1, first_c2)}) has {first_params[1]} "
+                              f"parameters > {first_params[0]}: lossless merges never add weights")
+        return res.refuse(f"{label}: merged kernel {chain_kernel(c1, first_c2)} costs {a} MACs > {b}")
     _, count, spec, K, old, costs = best
     last = old[-1]
     out = last.outputs[0]
@@ -227,7 +246,18 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     res.changed += 1
     tiers = "+".join(t.name for t in chain.tiers[: count - 1])
     b, a = costs[0]
-    res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}")
+    border = "" if K is None else f", border map of {K.size} values"
+    res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}{border}")
+
+
+def _chain_params(graph: Graph, chain: _Chain, nodes: list[Node]) -> tuple[int, int]:
+    """(weights + biases of the convs, weights + bias of the merged conv): a lossless merge must
+    not make the layers bigger either. The constant border map of a CORRECTABLE merge is not
+    counted (it would refuse most of them on real input sizes, e.g. the collapsed inverted
+    residuals of the training companion); the merge's detail line reports its size."""
+    before = sum(int(c.weight.size) + (0 if c.bias is None else int(np.size(c.bias))) for c in chain.specs)
+    after = int(chain.spec.weight.size) + (0 if chain.spec.bias is None else int(np.size(chain.spec.bias)))
+    return before, after
 
 
 def chain_kernel(c1: ConvSpec, c2: ConvSpec) -> tuple[int, ...]:
@@ -310,6 +340,13 @@ def _dense_chain(graph: Graph, n1: Node, ctx: PassContext, res: PassResult) -> N
     after = int(W.size)
     if ctx.require_fewer_macs and after > before:
         return res.refuse(f"{label}: merged {W.shape[0]}x{W.shape[1]} costs {after} MACs per row > {before}")
+    p_before = sum(int(d.W.size) + (0 if d.b is None else int(d.b.size)) for d in (d1, d2))
+    p_after = int(W.size) + (0 if b is None else int(b.size))
+    if ctx.require_fewer_macs and p_after > p_before:
+        return res.refuse(f"{label}: merged {W.shape[0]}x{W.shape[1]} has {p_after} parameters > {p_before}")
+    why = float32_blocker(W, b, what="merged weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     new = dense_nodes(graph, W, b, d1.x, d2.y, cons[0].name or n1.name or "dense")
     graph.replace_chain([*d1.nodes, *d2.nodes], new)
     res.changed += 1
@@ -331,6 +368,14 @@ def _residual_or_parallel(graph: Graph, add: Node, ctx: PassContext, res: PassRe
     for x, layer, t in ((a, lb, b), (b, la, a)):
         if layer is not None and layer[0] == x and sole_consumer(graph, t) is add:
             return _residual(graph, add, x, layer, res)
+    for bt, layer, t in ((a, lb, b), (b, la, a)):  # BN(x) + L(x): a scaled identity (RepVGG)
+        bnode = graph.producer(bt)
+        if (layer is not None and is_op(bnode, "BatchNormalization") and bnode.inputs[0] == layer[0]
+                and sole_consumer(graph, bt) is add and sole_consumer(graph, t) is add):
+            bn, why = read_bn(graph, bnode)
+            if bn is None:
+                return res.refuse(f"{add.label}: identity branch {why}")
+            return _residual(graph, add, layer[0], layer, res, bn=(bnode, bn))
     if la is not None and lb is not None and la[0] == lb[0]:
         if sole_consumer(graph, a) is add and sole_consumer(graph, b) is add:
             _parallel(graph, add, la, lb, ctx, res)
@@ -384,22 +429,43 @@ def _plus_const(graph: Graph, y: str, K: np.ndarray | None, out: str, name: str)
     return [Node("Add", [y, kname], [out], name=graph.fresh_name(name + ".const_add"))]
 
 
-def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult) -> None:
+def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult, bn=None) -> None:
+    """x + L(x) -> L' (identity on the centre tap / diagonal). bn = (node, BN): the identity
+    branch is BN(x) = s x + t instead, so s goes on the centre tap / diagonal and t to the bias."""
     _, L, nodes, name, K = layer
-    label = f"{add.label} (x + {name}{' + const' if K is not None else ''})"
+    ident = "x" if bn is None else f"{bn[0].label}(x)"
+    label = f"{add.label} ({ident} + {name}{' + const' if K is not None else ''})"
     out = add.outputs[0]
+    s = t = None
+    if bn is not None:
+        s, t = affine_from_bn(bn[1].scale, bn[1].bias, bn[1].mean, bn[1].var, bn[1].eps)
+        nodes = [*nodes, bn[0]]
     try:
         if isinstance(L, ConvSpec):
-            spec = add_identity(L)
+            spec = add_identity(L, s)
+            if t is not None:
+                spec = ConvSpec(spec.weight, (spec.bias_or_zeros() + t).astype(np.float32), spec.strides, spec.dilations, spec.pads, spec.group)
         elif L.W.shape[0] != L.W.shape[1]:
             return res.refuse(f"{label}: dense layer is not square")
+        elif bn is not None and len(graph.shape(x) or ()) != 2:
+            return res.refuse(f"{label}: BatchNormalization on a [B, T, C] identity branch normalizes T, not the features")
+        elif bn is not None and s.size != L.W.shape[0]:
+            return res.refuse(f"{label}: BatchNormalization has {s.size} channels, the layer {L.W.shape[0]}")
     except ValueError as e:
         return res.refuse(f"{label}: {e}")
+    if isinstance(L, ConvSpec):
+        W, bias = spec.weight, spec.bias
+    else:
+        W = L.W + (np.eye(L.W.shape[0]) if s is None else np.diag(s))
+        bias = L.b if t is None else (0 if L.b is None else L.b) + t
+    why = float32_blocker(W, bias, what="fused weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     y = _target(graph, out, K, x)  # L(x) has x's shape
     if isinstance(L, ConvSpec):
         new = [conv_node(graph, spec, x, y, nodes[0].name or "conv")]
     else:
-        new = dense_nodes(graph, L.W + np.eye(L.W.shape[0]), L.b, x, y, nodes[0].name or "dense")
+        new = dense_nodes(graph, W, bias, x, y, nodes[0].name or "dense")
     graph.replace_chain([*nodes, add], new + _plus_const(graph, y, K, out, nodes[0].name or "residual"))
     res.changed += 1
     res.details.append(f"fused residual {label}")
@@ -423,6 +489,12 @@ def _parallel(graph: Graph, add: Node, la, lb, ctx: PassContext, res: PassResult
     except ValueError as e:
         return res.refuse(f"{label}: {e}")
     K = Ka if Kb is None else (Kb if Ka is None else np.asarray(Ka, np.float64) + np.asarray(Kb, np.float64))
+    if isinstance(A, ConvSpec):
+        why = float32_blocker(merged.weight, merged.bias, K, what="fused weights")
+    else:
+        why = float32_blocker(A.W + B.W, A.b, B.b, K, what="fused weights")
+    if why:
+        return res.refuse(f"{label}: {why}")
     y = _target(graph, out, K, na[-1 if Ka is None else -2].outputs[0])  # a branch's own output
     if isinstance(A, ConvSpec):
         new = [conv_node(graph, merged, x, y, na[0].name or "conv")]

@@ -242,7 +242,7 @@ def _dp_chains(cands: Candidates, lm: LatencyModel, imp: Importance, allowed: se
     for c in cands.chains:
         opts = []
         for o in cands.options:
-            if o.chain != c.id or (o.kind != "keep" and o.id not in allowed):
+            if o.chain != c.id or (o.kind != "keep" and (o.id not in allowed or o.id in imp.refused)):
                 continue
             opts.append(dp.Option(o.st, o.end, max(lm.option_cost(o), 0.0), imp.of(o), o))
         chains.append(dp.Chain(c.L, opts, name=f"chain {c.id}"))
@@ -362,6 +362,13 @@ def plan_for_budget(
 
     def build(plan: list[SegmentOption], *, seq: bool = True) -> Graph:
         ops = imp.operators_for(plan)
+        for o in [o for o in plan if o.id in imp.refused]:  # its weights leave float32: keep its layers
+            allowed.discard(o.id)
+            diagnostics.warn(f"option {o.id} not applied: {imp.refused[o.id]}; its layers are kept",
+                             diagnostics.OnnxDepthWarning, sink=warnings)
+            i = plan.index(o)
+            plan[i:i + 1] = [cands.option(f"c{o.chain}({j - 1},{j}]:keep:{j}") for j in range(o.st + 1, o.end + 1)]
+        ops = {k: v for k, v in ops.items() if k not in imp.refused}
         if seq and sequential and refit and calibration is not None:
             key = tuple(o.id for o in plan if o.kind != "keep")
             if key not in seq_cache:

@@ -44,7 +44,7 @@ from ..compare import Comparison
 from ..ir import Graph
 from ..ir.exporter import to_proto
 from ..kernels.lstsq import OperatorFit
-from .realize import option_input, option_operator, option_target, pruned_layers, removed_activations
+from .realize import operator_blocker, option_input, option_operator, option_target, pruned_layers, removed_activations
 from .segments import Candidates, SegmentOption
 
 MAX_FIT_FEATURES = 1728   # larger regressions (e.g. a 3x3 conv over 192 channels) are merged naively
@@ -78,6 +78,8 @@ class Importance:
     operators: dict[str, object] = field(default_factory=dict)  # option id -> operator to emit
     measured: bool = True
     cands: Candidates | None = None  # naive operators are built from it on demand
+    # option id -> why its operator cannot be emitted (weights not finite in float32): never planned again
+    refused: dict[str, str] = field(default_factory=dict)
 
     def of(self, opt: SegmentOption) -> float:
         if opt.kind == "keep":
@@ -95,7 +97,18 @@ class Importance:
         for o in plan:
             if o.kind != "keep" and o.id not in self.operators and self.cands is not None:
                 self.operators[o.id] = option_operator(self.cands, o)
+        self._refuse_unsafe(plan)
         return {o.id: self.operators[o.id] for o in plan if o.kind != "keep"}
+
+    def _refuse_unsafe(self, plan: Sequence[SegmentOption]) -> None:
+        """Options whose operator cannot be emitted lose their score (the DP no longer sees them)
+        and are listed in `refused` with the reason."""
+        for o in plan:
+            if o.kind != "keep" and o.id in self.operators:
+                why = operator_blocker(self.operators[o.id])
+                if why:
+                    self.refused[o.id] = why
+                    self.scores.pop(o.id, None)
 
 
 def fittable(op) -> bool:
@@ -163,7 +176,7 @@ def fit_operators(cands: Candidates, options: Sequence[SegmentOption], reference
                 op, n0, n1 = f.solve(ridge)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        if refit:
+        if refit and operator_blocker(op) is None:  # a refit that leaves float32's range keeps the naive operator
             ops[k] = op
         quality[k] = (float(n0), float(n1))
     return ops, quality
@@ -209,6 +222,7 @@ class MeasuredImportance(Importance):
             ops, quality = fit_operators(cands, todo, reference, cal, validation=validation, refit=refit,
                                          threads=threads, progress=progress)
             self.operators.update(ops)
+            self._refuse_unsafe(todo)
             new = {}
             for o in todo:
                 q = quality.get(o.id)
@@ -235,6 +249,8 @@ class MeasuredImportance(Importance):
         kappa = float(np.median(ratios)) if len(ratios) >= 3 else (min(ratios) if ratios else 0.0)
         self.scores = {}
         for k in self.options:
+            if k in self.refused:
+                continue
             g = self.global_.get(k)
             loc = self.local.get(k)
             if g is not None:
@@ -252,6 +268,7 @@ class MeasuredImportance(Importance):
             ops, _ = fit_operators(self.cands, need, self.reference, self.cal, validation=self.validation,
                                    refit=self.refit, threads=self.threads, progress=self.progress)
             self.operators.update(ops)
+        self._refuse_unsafe(plan)
         return {o.id: self.operators[o.id] for o in plan if o.kind != "keep"}
 
     def measure(self, options: Sequence[SegmentOption]) -> None:
@@ -261,6 +278,7 @@ class MeasuredImportance(Importance):
         if not todo:
             return
         ops = self.operators_for(todo)
+        todo = [o for o in todo if o.id not in self.refused]
         graphs = (self.cands.apply_graph([o], {o.id: ops[o.id]}, partial=True) for o in todo)
         comps = (map(self._eval.compare, graphs) if self.evaluate is None
                  else self._eval.compare_many(graphs, self.evaluate))

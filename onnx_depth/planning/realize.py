@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import ConvSpec, float32_blocker
 from .segments import Candidates, RealAlgebra, SegmentOption, fold_map
 
 
@@ -41,6 +42,18 @@ def option_operator(cands: Candidates, opt: SegmentOption):
     if isinstance(m, tuple):
         return (np.asarray(m[0], np.float32), None if m[1] is None else np.asarray(m[1], np.float32))
     return m
+
+
+def operator_blocker(op) -> str | None:
+    """Why the operator `option_operator` (or a refit) built cannot be emitted: a weight that is
+    not finite in float32 or is outside its safe range (kernels.float32_range); None if it can."""
+    if isinstance(op, ConvSpec):
+        return float32_blocker(op.weight, op.bias, what="merged weights")
+    if isinstance(op, tuple):
+        return float32_blocker(*op, what="merged weights")
+    if isinstance(op, float):
+        return float32_blocker(np.array([op]), what="merged scale")
+    return None
 
 
 def option_target(cands: Candidates, opt: SegmentOption) -> str:
@@ -77,5 +90,5 @@ def pruned_layers(cands: Candidates, opt: SegmentOption) -> list:
     return [chain.layer(j).nodes[0] for j in opt.pruned]
 
 
-__all__ = ["RealAlgebra", "is_ffn_collapse", "option_input", "option_operator", "option_target", "pruned_layers",
-           "removed_activations"]
+__all__ = ["RealAlgebra", "is_ffn_collapse", "operator_blocker", "option_input", "option_operator", "option_target",
+           "pruned_layers", "removed_activations"]

@@ -186,9 +186,10 @@ def check_lossless(
     *,
     n_random: int = 2,
     seed: int = 0,
+    count_border_maps: bool = False,
 ) -> OptimizeResult:
     """optimize(model, lossless=True): outputs equal in onnxruntime at rtol 1e-4 / atol 1e-5,
-    no more nodes, no more MACs, and the result loads again. Returns the result for
+    no more nodes, no more MACs, no more parameters, and the result loads again. Returns the result for
     structural assertions."""
     r = optimize(model, lossless=True)
     assert_same(model, r.model, feeds, n_random, seed)
@@ -200,6 +201,11 @@ def check_lossless(
         # onnx_depth.metrics multiplies in: count those dims as 1, like symbolic ones.
         b_macs, a_macs = macs_with_dynamic_dims_as_one(model), macs_with_dynamic_dims_as_one(r.model)
     assert a_macs <= b_macs, f"MACs went up: {b_macs} -> {a_macs}"
+    if count_border_maps:
+        assert after.params <= before.params, f"parameters went up: {before.params} -> {after.params}"
+    else:  # a CORRECTABLE merge's constant border map is the only growth allowed
+        border = sum(int(np.prod(t.dims)) for t in r.model.graph.initializer if ".border" in t.name)
+        assert after.params - border <= before.params, f"parameters went up: {before.params} -> {after.params} ({border} in border maps)"
     assert len(r.model.graph.node) == after.nodes  # the report describes the emitted model
     return r
 

@@ -85,7 +85,8 @@ def _rewrite(g: Graph, chain: LinearChain, opt: SegmentOption, rng: np.random.Ge
             W = rng.standard_normal((n_in, n_out), dtype=np.float32) * np.float32(np.sqrt(1.0 / n_in))
             b = rng.standard_normal(n_out, dtype=np.float32) * np.float32(0.01)
         else:
-            W, b = (np.asarray(v, np.float32) for v in op)
+            # a bias-free chain composes to b = None: np.asarray(None, np.float32) would be a NaN scalar
+            W, b = np.asarray(op[0], np.float32), (None if op[1] is None else np.asarray(op[1], np.float32))
         new = dense_nodes(g, W, b, x, out, base)
     g.replace_chain(old, new)
 
