@@ -170,6 +170,19 @@ def _unsafe(reasons: list[str], bnode: Node, *arrays) -> bool:
     return why is not None
 
 
+def _grows(reasons: list[str], bnode: Node, cons: Node, bn: BN, old_bias, new_bias) -> bool:
+    """Folding a BN into the layer AFTER it gives that layer a bias of its output width, and the
+    BN's 4 x C statistics go: when the new bias is larger (a bias-free layer with more than
+    4 x C outputs), the fold would add parameters, which a lossless rewrite never does."""
+    added = (0 if new_bias is None else int(np.size(new_bias))) - (0 if old_bias is None else int(np.size(old_bias)))
+    removed = 4 * int(np.size(bn.scale))
+    if added > removed:
+        reasons.append(f"{bnode.label}: folding into {cons.label} would add parameters (a bias of {added} for "
+                       f"{removed} BatchNorm statistics)")
+        return True
+    return False
+
+
 def _conv_transpose_weights(graph: Graph, node: Node):
     from ..ir.patterns import constant_blocker
 
@@ -207,6 +220,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
                 return False
             if _unsafe(reasons, bnode, r.spec.weight, r.spec.bias, r.correction):
                 return False
+            if _grows(reasons, bnode, cons, bn, spec.bias, r.spec.bias):
+                return False
             out = cons.outputs[0]
             if r.correction is None:
                 new = [conv_node(graph, r.spec, x, out, cons.name or "conv")]
@@ -225,6 +240,8 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
             b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
             if _unsafe(reasons, bnode, s[:, None] * d.W, t @ d.W + b0):
+                return False
+            if _grows(reasons, bnode, cons, bn, d.b, b0):
                 return False
             new = dense_nodes(graph, s[:, None] * d.W, t @ d.W + b0, x, d.y, cons.name or "gemm")
             graph.replace_chain([bnode, *d.nodes], new)

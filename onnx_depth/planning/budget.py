@@ -351,7 +351,7 @@ def plan_for_budget(
     timings["importance_s"] = time.perf_counter() - t0
     allowed = set(imp.scores)
     original_plan = cands.original_plan()
-    base_pred = lm.predict(original_plan)
+    base_pred = max(lm.predict(original_plan), 1e-12)  # a model too small to time predicts 0
     fast = fastest_plan(_dp_chains(cands, lm, imp, allowed), lm)
     fast_ratio = lm.predict(fast) / base_pred
     considered: list[tuple[float, float]] = []
@@ -510,7 +510,7 @@ def plan_for_budget(
         if k == max_rounds - 1 or key_of(plan) == key_of(fast):
             break
         # tighten: the latency model is `measured / predicted` off here; aim that much lower
-        internal = internal * budget / m.ratio
+        internal = internal * budget / max(m.ratio, 1e-6)  # a net time of 0 (below the timer's floor)
         if max_error is not None:  # combined objective: the fastest plan within E under the tighter budget
             plan, graph = choose(internal)
             continue

@@ -63,7 +63,7 @@ def test_budget_refuses_an_option_whose_weights_overflow(tmp_path):
     m = _chain("Gemm", scales=(1e20, 1e19, 1e-20, 1e-19))
     r = optimize(m, latency_budget=0.3, allow_over_budget=True, threads=1, latency_db=str(tmp_path / "db.sqlite"))
     assert _weights_finite(r.model)
-    notes = " ".join(r.report.notes)
+    notes = " ".join(r.report.notes + [w["message"] for w in r.report.warnings])  # warnings: the report's own list
     assert "float32" in notes and "not applied" in notes, r.report.notes
     x = (np.random.default_rng(2).standard_normal((2, 64)) * 1e-30).astype(np.float32)
     ref, new = _run(m, x), _run(r.model, x)
