@@ -235,7 +235,7 @@ def optimize(
             report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the "
                                 + ("validation part" if split.held_out else "calibration data"))
     if outcome is not None:
-        _guard(report, split, max_error)
+        _guard(report, split, max_error, original)
     if check:
         samples = _shapes.check_samples(original, given, cal)
         report.check = _checked(reference, out, samples, check, seed, source_name)
@@ -244,13 +244,14 @@ def optimize(
     return OptimizeResult(out, report, plan)
 
 
-def _guard(report: Report, split, max_error) -> None:
+def _guard(report: Report, split, max_error, original: onnx.ModelProto) -> None:
     """planning.fidelity_guard on the emitted lossy model: report.fidelity_ok and a warning."""
     from .planning.budget import ErrorBound
-    from .planning.fidelity_guard import fidelity_warning, judge
+    from .planning.fidelity_guard import fidelity_warning, judge, looks_like_classifier
 
     verdict = judge(report.fidelity, held_out=split is None or split.held_out,
-                    max_error=None if max_error is None else ErrorBound.parse(max_error))
+                    max_error=None if max_error is None else ErrorBound.parse(max_error),
+                    classifier=looks_like_classifier(original))
     report.fidelity_ok = verdict.ok
     report.fidelity_guard = verdict.to_dict()
     if verdict.ok is not True and verdict.message:

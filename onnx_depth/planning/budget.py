@@ -745,15 +745,16 @@ def _bisect_error(cands, imp, bound: ErrorBound, cal, original, solve_at, build,
 def _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, original, budget, eval_samples, threads,
                  timings):
     """planning.replan on the measured validation fidelity of the emitted plan (budget mode)."""
-    from .fidelity_guard import judge
+    from .fidelity_guard import judge, looks_like_classifier
     from .replan import replan_measured
 
     t0 = time.perf_counter()
+    classifier = looks_like_classifier(original)  # top-1 only for [batch, classes] outputs
     ev = EvalSet(original, ev_data, max(eval_samples, 64), threads)
     graphs = {tuple(o.id for o in plan): graph}
 
     def s_of(comp) -> float:
-        return comp.top1_agreement if comp.top1_agreement is not None else -float(comp.nmse)
+        return comp.top1_agreement if (classifier and comp.top1_agreement is not None) else -float(comp.nmse)
 
     def score(p) -> float:
         key = tuple(o.id for o in p)
@@ -776,10 +777,10 @@ def _replan_hook(cands, imp, plan, graph, build, solve_at, allowed, ev_data, ori
             allowed.update(saved)
 
     first = ev.compare(graph)
-    if judge(first).ok:
+    if judge(first, classifier=classifier).ok:
         return plan, graph
     best, best_s, steps = replan_measured(plan, score=score, score_without=score_without, solve_without=solve_without,
-                                          good_enough=lambda s: judge(_Score(s)).ok)
+                                          good_enough=lambda s: judge(_Score(s), classifier=classifier).ok)
     timings["replan_s"] = time.perf_counter() - t0
     timings["replan_steps"] = [st.to_dict() for st in steps]
     return best, graphs[tuple(o.id for o in best)]

@@ -4,9 +4,10 @@ With a latency budget alone the planner meets the budget at the least *estimated
 which can still be a destroyed model. The emitted model's fidelity is measured on the validation
 part of the calibration data (samples no refit saw) and compared with a default floor:
 
-* a model with a classification-like output (top-1 agreement defined): validation top-1
-  agreement with the original >= TOP1_FLOOR (0.90);
-* otherwise: output NMSE <= NMSE_FLOOR (0.05).
+* a classifier (`looks_like_classifier`: every graph output is [batch, classes], rank 2): validation
+  top-1 agreement with the original >= TOP1_FLOOR (0.90);
+* otherwise (feature maps, hidden states [B, T, C], detections, ...): output NMSE <= NMSE_FLOOR
+  (0.05); the comparator's argmax over their last axis means nothing there.
 
 A plan below the floor is still emitted (the user asked for the budget), but with a warning on
 stderr that ``-q`` does not hide, ``fidelity_ok: false`` in the report and a `FidelityWarning`
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 from ..diagnostics import FidelityFloorWarning, warn
 
-__all__ = ["FidelityWarning", "FidelityVerdict", "NMSE_FLOOR", "TOP1_FLOOR", "fidelity_warning", "judge"]
+__all__ = ["FidelityWarning", "FidelityVerdict", "NMSE_FLOOR", "TOP1_FLOOR", "fidelity_warning", "judge",
+           "looks_like_classifier"]
 
 TOP1_FLOOR = 0.90
 NMSE_FLOOR = 0.05
@@ -48,15 +50,24 @@ class FidelityVerdict:
         return dict(self.__dict__)
 
 
-def judge(validation_fidelity, *, held_out: bool = True, max_error=None) -> FidelityVerdict:
+def looks_like_classifier(model) -> bool:
+    """Every graph output of the ONNX `model` has rank 2 ([batch, classes]): top-1 agreement is
+    then the fidelity that matters; for anything else it is an argmax over an arbitrary axis."""
+    outs = list(model.graph.output)
+    return bool(outs) and all(o.type.HasField("tensor_type") and o.type.tensor_type.HasField("shape")
+                              and len(o.type.tensor_type.shape.dim) == 2 for o in outs)
+
+
+def judge(validation_fidelity, *, held_out: bool = True, max_error=None, classifier: bool = True) -> FidelityVerdict:
     """The verdict on an emitted lossy model from its validation fidelity (analysis.fidelity.Fidelity
     or a compare.Comparison; None: no calibration data). max_error: the user's bound
-    (planning.budget.ErrorBound), which replaces the default floor."""
+    (planning.budget.ErrorBound), which replaces the default floor. classifier: False judges by
+    NMSE even where the comparator defines a top-1 agreement (see `looks_like_classifier`)."""
     if validation_fidelity is None:
         return FidelityVerdict(None, None, None, None,
                                "fidelity of the emitted model is UNKNOWN: no calibration data, the plan was chosen by a "
                                "data-free guess and may have destroyed the model; pass --calibration DATA to measure it")
-    top1 = validation_fidelity.top1_agreement
+    top1 = validation_fidelity.top1_agreement if classifier else None
     nmse = float(validation_fidelity.nmse)
     if max_error is not None:
         if max_error.metric == "top1" and top1 is not None:

@@ -106,3 +106,30 @@ def test_judge_floors():
     assert judge(C(0.95, 0.3)).ok and not judge(C(0.5, 0.001)).ok  # classifier: top-1 floor
     assert judge(C(None, 0.01)).ok and not judge(C(None, 0.2)).ok  # otherwise: NMSE floor
     assert judge(None).ok is None
+
+
+def test_guard_judges_non_classifiers_by_nmse():
+    """A hidden state [B, T, C] gets a top-1 agreement from the comparator (argmax over C), which
+    means nothing there: the guard judges such models by NMSE, classifiers by top-1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnx_depth.compare import Comparison
+    from onnx_depth.planning.fidelity_guard import looks_like_classifier
+
+    def model(shape):
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+        return helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [out]))
+
+    assert looks_like_classifier(model(["N", 10])) and not looks_like_classifier(model(["B", "T", 384]))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 16, 8)).astype(np.float32)
+    comp = Comparison()
+    comp.add({"y": a}, {"y": a + 0.01 * rng.standard_normal(a.shape).astype(np.float32)})
+    comp.top1_agreement = 0.4  # what an argmax over the hidden axis might say
+    assert not judge(comp, classifier=True).ok  # judged by that top-1: "destroyed"
+    v = judge(comp, classifier=False)
+    assert v.ok and v.metric == "nmse" and v.value < 1e-3
+    assert not judge(comp, classifier=False, max_error=None).message
+    onnx.checker.check_model(model(["N", 10]))
