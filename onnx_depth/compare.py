@@ -162,9 +162,7 @@ def compare_at_shapes(
 
     s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
     s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
-    specs = runtime.input_specs(s_ref)
-    if overridable:
-        specs += [s for s in runtime.overridable_specs(s_ref) if np.issubdtype(s.dtype, np.floating)]
+    specs = runtime.feed_specs(s_ref, overridable)
     c = Comparison(rtol=rtol, atol=atol)
     c.shapes = [s.describe() for s in samples]
     names = runtime.output_names(s_ref)

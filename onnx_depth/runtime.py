@@ -164,10 +164,17 @@ def random_feeds(
     """`n` random feeds; with `overridable`, floating-point overridable initializers are fed
     random values too (integer ones, often shapes or indices, keep their stored value)."""
     rng = np.random.default_rng(seed)
+    specs = feed_specs(session, overridable)
+    return [random_feed(specs, rng, dims) for _ in range(n)]
+
+
+def feed_specs(session: ort.InferenceSession, overridable: bool = False) -> list[TensorSpec]:
+    """The inputs a random feed fills: the graph inputs, and with `overridable` the floating-point
+    overridable initializers too (integer ones, often shapes or indices, keep their value)."""
     specs = input_specs(session)
     if overridable:
         specs += [s for s in overridable_specs(session) if np.issubdtype(s.dtype, np.floating)]
-    return [random_feed(specs, rng, dims) for _ in range(n)]
+    return specs
 
 
 def run(
