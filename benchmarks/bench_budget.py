@@ -15,11 +15,18 @@ images: importance measured with refit), CLI in a subprocess: cold (empty latenc
 (second run, same DB).
 
     python benchmarks/bench_budget.py [--models ...] [--threads 1 2] [--no-speed] [--no-write]
+        [--latency-db-dir DIR] [--plans-out PLANS.json]
+
+--latency-db-dir keeps the latency databases (one per model and thread count) in DIR and reuses
+them when present: with the stored end-to-end measurements, a second run on the same DIR plans
+from the same numbers, so its plans (--plans-out: option ids per model/threads/budget) must be
+identical; that is how a refactor is checked to leave the plans unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -70,7 +77,7 @@ def run_model(name: str, threads: int, db: Path) -> list[dict]:
             r = {"model": name, "threads": threads, "budget": b, "lowest": b == budgets[-1],
                  "predicted": out.predicted_ratio, "measured": out.measured_ratio, "band": out.band, "met": out.met,
                  "changes": len(out.changed()), "rounds": len(out.rounds), "run_s": time.perf_counter() - t1,
-                 "profile_s": cold, "profiled": planner.profile.measured}
+                 "profile_s": cold, "profiled": planner.profile.measured, "plan": [o.id for o in out.plan]}
             rows.append(r)
             print(f"  {name} t{threads} budget {b}: predicted {r['predicted']:.3f} measured {r['measured']:.3f} "
                   f"({r['band'][0]:.2f}-{r['band'][1]:.2f}) {r['met']}, {r['changes']} segments, {r['run_s']:.1f} s", flush=True)
@@ -118,17 +125,24 @@ def main() -> None:
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--latency-db-dir", type=Path, help="keep (and reuse) the latency databases here")
+    ap.add_argument("--plans-out", type=Path, help="write the chosen plans (option ids) as JSON")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
+        db_dir = args.latency_db_dir or Path(d)
+        db_dir.mkdir(parents=True, exist_ok=True)
         for name in args.models:
             for t in args.threads:
                 print(f"{name}, {t} thread(s)", flush=True)
-                rows += run_model(name, t, Path(d) / f"{name}.t{t}.sqlite")
+                rows += run_model(name, t, db_dir / f"{name}.t{t}.sqlite")
                 if not args.no_write:  # partial results survive an interrupted run
                     write_section("budget", "Latency budget on zoo models (bench_budget.py)",
                                   "python benchmarks/bench_budget.py " + " ".join(sys.argv[1:]),
                                   _body(rows) + "\n\n(partial: run in progress or interrupted)")
+    if args.plans_out:
+        args.plans_out.write_text(json.dumps([{k: r.get(k) for k in ("model", "threads", "budget", "plan", "error")}
+                                              for r in rows], indent=1) + "\n")
     body = _body(rows)
     if not args.no_speed:
         body += "\n\n### Tool speed: MobileNetV2-1.0, budget 0.7, 32 calibration images, 2 threads\n\n" + tool_speed()

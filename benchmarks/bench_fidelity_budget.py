@@ -29,6 +29,7 @@ Outputs: the section "fidelity_budget" of benchmarks/RESULTS.md and benchmarks/f
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -71,6 +72,7 @@ class Task:
     label_output: str | None = None
     outputs: list[str] | None = None  # outputs compared (None: all)
     note: str = ""
+    db: Path | None = None  # the latency database (None: DB)
 
 
 @dataclass
@@ -197,7 +199,7 @@ def planner_for(task: Task, *, data: bool, refit: bool) -> BudgetPlanner:
     cal = from_arrays(task.calib, ir.to_proto(graph.copy(), check=False)) if data else None
     run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
     return BudgetPlanner(graph, task.model, original_graph=original_graph, calibration=cal, threads=1,
-                         latency_db=DB, refit=refit)
+                         latency_db=task.db or DB, refit=refit)
 
 
 def run_task(task: Task, budgets=BUDGETS, log=print) -> Result:
@@ -305,14 +307,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the PNG alone")
+    ap.add_argument("--latency-db", type=Path, default=DB,
+                    help=f"the latency database (default {DB.relative_to(HERE.parent)}); its stored measurements "
+                         "make a second run plan from the same numbers")
+    ap.add_argument("--plans-out", type=Path, help="write the chosen plans (per model, method, budget) as JSON")
     args = ap.parse_args(argv)
-    DB.parent.mkdir(parents=True, exist_ok=True)
+    args.latency_db.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = []
     for key in args.models.split(","):
         print(f"== {key}", flush=True)
         try:
             task = TASKS[key]()
+            task.db = args.latency_db
         except real.RealAssetMissing as e:
             print(f"  skipped: {e}")
             continue
@@ -321,6 +328,10 @@ def main(argv=None) -> int:
         res.seconds = time.perf_counter() - t1
         results.append(res)
     total = time.perf_counter() - t0
+    if args.plans_out:
+        args.plans_out.write_text(json.dumps([{"model": r.task.name, "method": row.method, "budget": row.budget,
+                                               "plan": row.plan, "error": row.error} for r in results for row in r.rows],
+                                             indent=1) + "\n")
     body = "\n\n".join(table(r) for r in results)
     print(body)
     print(f"total {total:.0f}s")
