@@ -48,7 +48,8 @@ from onnx_depth.analysis.calibration import from_arrays  # noqa: E402
 from onnx_depth.analysis.fidelity import evaluate  # noqa: E402
 from onnx_depth.errors import UnsupportedModel  # noqa: E402
 from onnx_depth.passes import LOSSLESS, PassContext, run_to_fixed_point  # noqa: E402
-from onnx_depth.planning.budget import BudgetPlanner, useful_options  # noqa: E402
+from onnx_depth.planning.budget import BudgetPlanner  # noqa: E402
+from onnx_depth.planning.dp_problem import useful_options  # noqa: E402
 from onnx_depth.zoo import real  # noqa: E402
 
 BUDGETS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)

@@ -95,8 +95,7 @@ class LatencyModel:
                 # a boundary cannot cost more than a fraction of the layers it separates: a cut
                 # measured on a loaded machine can be noise-dominated, and an over-priced cut makes
                 # plans that remove many boundaries look impossibly fast (even negative)
-                a = lat.get(f"c{cid}({i - 1},{i}]:keep:{i}")
-                b = lat.get(f"c{cid}({i},{i + 1}]:keep:{i + 1}")
+                a, b = lat.get(cands.keep(cid, i).id), lat.get(cands.keep(cid, i + 1).id)
                 cap = MAX_CUT_SHARE * min(a, b) if a is not None and b is not None else float("inf")
                 cut[(cid, i)] = min(e.median_ms, cap)
         if whole_ms is None:

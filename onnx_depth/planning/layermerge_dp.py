@@ -1,9 +1,10 @@
 """The LayerMerge dynamic program (arXiv 2406.12837), generalised to several independent chains.
 
-A *chain* has activation sites 0..L. A segment (st, end] covers layers st+1..end; choosing it
-with option o (keep, merge, prune, ...) costs latency T(st, end, o) and contributes importance
-I(st, end, o) (additive, e.g. a log-fidelity <= 0). A plan for the chain is a partition of
-(0, L] into consecutive segments, one option each.
+A chain (`DPChain`: one chain of the model as the DP sees it, its options priced) has activation
+sites 0..L. A segment (st, end] covers layers st+1..end; choosing it with option o (keep, merge,
+prune, ...) costs latency T(st, end, o) and contributes importance I(st, end, o) (additive, e.g.
+a log-fidelity <= 0). A plan for the chain is a partition of (0, L] into consecutive segments,
+one option each.
 
 Per chain, with latency discretised into integer units (rounded *up*, so a plan that fits the
 discretised budget fits the real one):
@@ -38,7 +39,7 @@ class Option:
 
 
 @dataclass
-class Chain:
+class DPChain:
     length: int  # L: activation sites 0..L
     options: list[Option]
     name: str = ""
@@ -63,7 +64,7 @@ def _units(latency: float, unit: float) -> int:
     return int(np.ceil(latency / unit - 1e-9))
 
 
-def _solve_chain(chain: Chain, K: int, unit: float) -> tuple[np.ndarray, list[list]]:
+def _solve_chain(chain: DPChain, K: int, unit: float) -> tuple[np.ndarray, list[list]]:
     """F[t] for t = 0..K, and back[end][t] = (option index, previous t) of the best plan."""
     L = chain.length
     M = np.full((L + 1, K + 1), NEG)
@@ -84,7 +85,7 @@ def _solve_chain(chain: Chain, K: int, unit: float) -> tuple[np.ndarray, list[li
     return M[L], back_opt
 
 
-def _backtrack_chain(chain: Chain, back_opt: np.ndarray, t: int, unit: float) -> list[Option]:
+def _backtrack_chain(chain: DPChain, back_opt: np.ndarray, t: int, unit: float) -> list[Option]:
     segs: list[Option] = []
     end = chain.length
     while end > 0:
@@ -98,7 +99,7 @@ def _backtrack_chain(chain: Chain, back_opt: np.ndarray, t: int, unit: float) ->
     return segs[::-1]
 
 
-def solve(chains: Sequence[Chain], budget: float, fixed_latency: float = 0.0, resolution: int = 2000) -> Plan:
+def solve(chains: Sequence[DPChain], budget: float, fixed_latency: float = 0.0, resolution: int = 2000) -> Plan:
     """The plan of maximal total importance whose total latency (fixed part + chosen options)
     is within `budget`. Latencies are discretised into `resolution` units of budget/resolution."""
     for c in chains:
@@ -141,10 +142,10 @@ def solve(chains: Sequence[Chain], budget: float, fixed_latency: float = 0.0, re
     return Plan(True, lat, imp, chosen)
 
 
-def brute_force(chains: Sequence[Chain], budget: float, fixed_latency: float = 0.0) -> Plan:
+def brute_force(chains: Sequence[DPChain], budget: float, fixed_latency: float = 0.0) -> Plan:
     """Exhaustive search over all partitions and options (tests only: exponential)."""
 
-    def plans(c: Chain, end: int):
+    def plans(c: DPChain, end: int):
         if end == 0:
             yield []
             return

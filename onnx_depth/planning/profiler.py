@@ -37,6 +37,7 @@ from ..latency_db.profile import measure_group
 from ..latency_db.signature import signature
 from ..latency_db.store import Entry, LatencyStore
 from ..passes import LOSSLESS, PassContext, run_to_fixed_point
+from ..shapes import fix_inputs, fixed_view, has_symbolic_dims, resolve
 from .segments import DEFAULT_MAX_KERNEL, DEFAULT_MAX_LAYERS, DEFAULT_MAX_MAC_RATIO, Candidates, candidates
 
 WHOLE = "<whole model>"
@@ -79,15 +80,13 @@ def prepare(model: "onnx.ModelProto | str | os.PathLike[str]", *, max_layers: in
     planned at `input_shapes` ({input: dims} or the CLI's ["NAME:D1,D2"]; default: batch 1,
     onnx_depth.shapes); the fixed shapes are kept in ``settings["input_shapes"]`` for
     `profile_candidates`."""
-    from .. import shapes as _shapes
-
     graph = ir.load(model)
     fixed = None
-    if input_shapes is not None or _shapes.has_symbolic_dims(model):
-        fixed = _shapes.resolve(model, input_shapes)
+    if input_shapes is not None or has_symbolic_dims(model):
+        fixed = resolve(model, input_shapes)
     run_to_fixed_point(graph, LOSSLESS, PassContext())
     if fixed is not None:
-        graph.fixed_shapes = _shapes.fixed_view(graph, fixed)
+        graph.fixed_shapes = fixed_view(graph, fixed)
     cands = candidates(graph, max_layers=max_layers, max_kernel=max_kernel, max_mac_ratio=max_mac_ratio, dense=dense)
     cands.settings["input_shapes"] = fixed
     return cands
@@ -102,8 +101,6 @@ def _ordered_items(cands: Candidates, whole: bool, input_shapes=None) -> list[tu
         def whole_model() -> onnx.ModelProto:
             m = ir.to_proto(cands.graph.copy(), check=False)
             if input_shapes is not None:
-                from ..shapes import fix_inputs
-
                 m = fix_inputs(m, input_shapes)
             return m
 
@@ -271,8 +268,7 @@ def profile_candidates(
         queued: set[str] = set()
         for pkey, (cid, i) in pairs.items():
             pair = cands.pair_model(cid, i)
-            a = cands.model(cands.option(f"c{cid}({i - 1},{i}]:keep:{i}"))
-            b = cands.model(cands.option(f"c{cid}({i},{i + 1}]:keep:{i + 1}"))
+            a, b = cands.model(cands.keep(cid, i)), cands.model(cands.keep(cid, i + 1))
             psig, asig, bsig = signature(pair), signature(a), signature(b)
             csig = cut_signature(psig, asig, bsig)
             sig_of[pkey] = csig
@@ -294,19 +290,14 @@ def profile_candidates(
     return res
 
 
-def profile_model(
-    model: "onnx.ModelProto | str | os.PathLike[str]",
-    store: LatencyStore,
-    fingerprint: Fingerprint,
-    *,
-    max_layers: int = DEFAULT_MAX_LAYERS,
-    max_kernel: int = DEFAULT_MAX_KERNEL,
-    max_mac_ratio: float = DEFAULT_MAX_MAC_RATIO,
-    dense: bool = True,
-    **kw: Any,
-) -> tuple[Candidates, ProfileResult]:
-    """`prepare` then `profile_candidates`."""
-    cands = prepare(model, max_layers=max_layers, max_kernel=max_kernel, max_mac_ratio=max_mac_ratio, dense=dense)
+PREPARE_OPTIONS = ("max_layers", "max_kernel", "max_mac_ratio", "dense")  # profile_model's keywords for prepare
+
+
+def profile_model(model: "onnx.ModelProto | str | os.PathLike[str]", store: LatencyStore, fingerprint: Fingerprint,
+                  **kw: Any) -> tuple[Candidates, ProfileResult]:
+    """`prepare` (with the keywords named in PREPARE_OPTIONS) then `profile_candidates` (with
+    the others)."""
+    cands = prepare(model, **{k: kw.pop(k) for k in PREPARE_OPTIONS if k in kw})
     return cands, profile_candidates(cands, store, fingerprint, **kw)
 
 

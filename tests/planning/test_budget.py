@@ -17,7 +17,7 @@ from onnx_depth.cli import main
 from onnx_depth.errors import BudgetInfeasible, InputError
 from onnx_depth.planning import candidates
 from onnx_depth.planning import layermerge_dp as dp
-from onnx_depth.planning.budget import ErrorBound
+from onnx_depth.planning.objectives import ErrorBound
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_dp_on_real_candidates_matches_brute_force(hand_graph: ir.Graph) -> None
     for c in cands.chains:
         opts = [dp.Option(o.st, o.end, rnd.uniform(0.1, 2.0) * (o.end - o.st), 0.0 if o.kind == "keep" else -rnd.random(), o.id)
                 for o in cands.options if o.chain == c.id]
-        chains.append(dp.Chain(c.L, opts))
+        chains.append(dp.DPChain(c.L, opts))
     total = sum(max(o.latency for o in ch.options) * ch.length for ch in chains)
     for frac in (0.3, 0.7):
         got = dp.solve(chains, frac * total, resolution=20000)

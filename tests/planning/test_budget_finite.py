@@ -75,7 +75,8 @@ def test_budget_refuses_an_option_whose_weights_overflow(tmp_path):
     does not depend on which plan measured latencies on a loaded machine would pick."""
     from onnx_depth import ir
     from onnx_depth.passes import LOSSLESS, PassContext, run_to_fixed_point
-    from onnx_depth.planning.budget import Measurement, plan_for_budget
+    from onnx_depth.planning.budget_search import plan_for_budget
+    from onnx_depth.planning.measurement import Measurement
     from onnx_depth.planning.segments import candidates
 
     m = _chain("Gemm", scales=(1e20, 1e19, 1e-20, 1e-19))

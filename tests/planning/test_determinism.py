@@ -86,7 +86,7 @@ def planner(model: Path, tmp_path_factory):
 
 def _constant(ratio: float, calls: list):
     """A measurement rule with a known answer: every plan measures `ratio` (21 equal rounds)."""
-    from onnx_depth.planning.budget import Measurement
+    from onnx_depth.planning.measurement import Measurement
 
     def measure(model, threshold):
         calls.append(threshold)
@@ -98,7 +98,7 @@ def test_one_sided_budget_and_explicit_tolerance(planner) -> None:
     """Median 1% over the budget: rejected (no silent allowance), with the fastest plan as
     evidence; accepted with --budget-tolerance 0.02; the first solve aims at budget x 0.97."""
     from onnx_depth.errors import BudgetInfeasible
-    from onnx_depth.planning.budget import PLAN_MARGIN, plan_for_budget
+    from onnx_depth.planning.budget_search import PLAN_MARGIN, plan_for_budget
 
     kw = dict(original_graph=planner.original_graph)
     calls: list = []
@@ -116,7 +116,7 @@ def test_one_sided_budget_and_explicit_tolerance(planner) -> None:
 def test_straddling_band_measures_more_rounds(planner, monkeypatch) -> None:
     """While the p10-p90 band straddles the threshold, more rounds are measured (up to
     MAX_MEASURE_ROUNDS) and the extended measurement is what is stored and decided on."""
-    from onnx_depth.planning.budget import MAX_MEASURE_ROUNDS, Measurement
+    from onnx_depth.planning.measurement import MAX_MEASURE_ROUNDS, Measurement
 
     batches = []
 

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnx_depth.planning.layermerge_dp import Chain, Option, brute_force, solve
+from onnx_depth.planning.layermerge_dp import DPChain, Option, brute_force, solve
 
 
 def random_chains(draw):
@@ -15,7 +15,7 @@ def random_chains(draw):
             for b in range(a + 1, L + 1):
                 for _ in range(draw(st.integers(0, 2))):
                     opts.append(Option(a, b, float(draw(st.integers(1, 30))), -float(draw(st.integers(0, 10)))))
-        chains.append(Chain(L, opts, name=f"c{c}"))
+        chains.append(DPChain(L, opts, name=f"c{c}"))
     return chains
 
 
@@ -41,7 +41,7 @@ def test_dp_matches_brute_force(data):
 
 def test_discretisation_never_exceeds_budget():
     rng = np.random.default_rng(0)
-    chain = Chain(6, [Option(a, b, float(rng.uniform(0.1, 3.0)), -float(rng.uniform(0, 1))) for a in range(6) for b in range(a + 1, 7)])
+    chain = DPChain(6, [Option(a, b, float(rng.uniform(0.1, 3.0)), -float(rng.uniform(0, 1))) for a in range(6) for b in range(a + 1, 7)])
     for budget in (2.0, 3.3, 5.7, 9.1):
         plan = solve([chain], budget, resolution=50)
         if plan.feasible:
@@ -49,7 +49,7 @@ def test_discretisation_never_exceeds_budget():
 
 
 def test_infeasible_budget():
-    chain = Chain(2, [Option(0, 1, 5.0, 0.0), Option(1, 2, 5.0, 0.0), Option(0, 2, 7.0, -1.0)])
+    chain = DPChain(2, [Option(0, 1, 5.0, 0.0), Option(1, 2, 5.0, 0.0), Option(0, 2, 7.0, -1.0)])
     assert not solve([chain], 6.0).feasible
     plan = solve([chain], 7.0)
     assert plan.feasible and [(o.st, o.end) for o in plan.chosen[0]] == [(0, 2)]

@@ -111,6 +111,14 @@ class Candidates:
     def option(self, option_id: str) -> SegmentOption:
         return self._by_id[option_id]
 
+    def keep(self, chain_id: int, j: int) -> SegmentOption:
+        """The `keep` option of layer j of a chain alone: segment (j-1, j]."""
+        return self._by_id[f"c{chain_id}({j - 1},{j}]:keep:{j}"]
+
+    def keeps(self, opt: SegmentOption) -> list[SegmentOption]:
+        """The single-layer `keep` options of the layers `opt` covers (what keeping them costs)."""
+        return [self.keep(opt.chain, j) for j in opt.layers]
+
     def by_segment(self) -> dict[tuple[int, int, int], list[SegmentOption]]:
         """{(chain, st, end): options}: the table the DP reads."""
         out: dict[tuple[int, int, int], list[SegmentOption]] = {}
@@ -130,7 +138,7 @@ class Candidates:
         plan = []
         for c in self.chains:
             for j in range(1, c.L + 1):
-                plan.append(self._by_id[f"c{c.id}({j - 1},{j}]:keep:{j}"])
+                plan.append(self.keep(c.id, j))
         return plan
 
     def check_plan(self, plan: Iterable[SegmentOption]) -> None:
@@ -164,7 +172,7 @@ class Candidates:
         for c in self.chains:
             for j in range(1, c.L + 1):
                 if (c.id, j) not in covered:
-                    plan.append(self._by_id[f"c{c.id}({j - 1},{j}]:keep:{j}"])
+                    plan.append(self.keep(c.id, j))
         self.check_plan(plan)
         return plan
 
@@ -196,8 +204,7 @@ class Candidates:
         """Structural key of the pair model at internal position i: layers i and i+1 as they
         are (see `pair_model`)."""
         c = self.chains[chain_id]
-        a = self._by_id[f"c{chain_id}({i - 1},{i}]:keep:{i}"]
-        b = self._by_id[f"c{chain_id}({i},{i + 1}]:keep:{i + 1}"]
+        a, b = self.keep(chain_id, i), self.keep(chain_id, i + 1)
         rel = [None if c.span_at(q) is None else c.span_at(q).p - (i - 1) for q in (i, i + 1)]
         return json.dumps(["pair", a.key, b.key, rel], separators=(",", ":"))
 
