@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..errors import OnnxDepthError
+from .. import safe_io
+from ..errors import InputError, OnnxDepthError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprint
@@ -417,9 +418,6 @@ class LatencyStore:
     # ---- export / import ------------------------------------------------------------------
     def export(self, path: str | os.PathLike[str]) -> int:
         """Write all entries to `path` (.json or .csv); returns the number of entries."""
-        from .. import safe_io
-        from ..errors import InputError
-
         path = Path(path)
         kind = _file_kind(path)
         try:

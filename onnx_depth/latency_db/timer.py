@@ -50,7 +50,7 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class InterleavedTiming:
     """Result of `interleaved_ab`: per-model timings and ratios vs the baseline (the first
     model). `ratios[k]` is the median over rounds of median_k / median_baseline in that round;
     `ratio_spread[k]` is the (p10, p90) of those per-round ratios. `round_ms[k]` is model k's
@@ -221,7 +221,7 @@ def interleaved_ab(
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
     floor: FloorKind = "shape",
-) -> Comparison:
+) -> InterleavedTiming:
     """Time several models in interleaved, rotating rounds in this process (plus one floor model
     per distinct input signature) and compare each with the first. Models with the same input
     names/shapes/dtypes get identical random inputs (same seed)."""
@@ -251,4 +251,4 @@ def interleaved_ab(
         ratios[k] = float(np.median(r))
         spread[k] = (float(np.percentile(r, 10)), float(np.percentile(r, 90)))
     round_ms = {k: [m / 1e6 for m in medians[i]] for i, k in enumerate(names)}
-    return Comparison(names[0], timings, ratios, spread, rounds, round_ms)
+    return InterleavedTiming(names[0], timings, ratios, spread, rounds, round_ms)

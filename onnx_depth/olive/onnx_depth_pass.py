@@ -19,7 +19,9 @@ from olive.model.utils import resolve_onnx_path
 from olive.passes import Pass
 from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
+from .. import api
 from ..errors import OnnxDepthError
+from ..ir import save
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +116,6 @@ class OnnxDepthPass(Pass):
     def _run_for_config(
         self, model: ONNXModelHandler, config: type[BasePassConfig], output_model_path: str
     ) -> ONNXModelHandler:
-        from .. import api
-        from ..ir import save
-
         if not isinstance(model, ONNXModelHandler):
             raise ValueError(f"OnnxDepth needs an ONNX model, got {type(model).__name__}")
         src = model.model_path
