@@ -29,7 +29,8 @@ import onnx
 
 from ..latency_db.fingerprint import Fingerprint, current
 from ..latency_db.lookup import measure_group
-from ..latency_db.store import Entry, LatencyStore
+from ..latency_db.entry import Entry
+from ..latency_db.store import LatencyStore
 from ..latency_db.timer import InterleavedTiming, Timing, interleaved_ab
 from .targets import Target, identity
 from .waiting import LOST_GRACE_S, wait_for

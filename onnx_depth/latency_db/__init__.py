@@ -2,7 +2,8 @@
 Storage and timing only: no planning and no command line here (`onnx-depth db` and `onnx-depth
 profile` are onnx_depth.cli.db and onnx_depth.cli.profile).
 
-- `store`: the SQLite store (`LatencyStore`, `Entry`, `default_path`, errors)
+- `entry`: one measured latency (`Entry`) and the errors (`LatencyDBError`, `LatencyDBCorrupt`)
+- `store`: the SQLite store (`LatencyStore`, `default_path`, schema migrations)
 - `transfer`: the store's export to / import from .json and .csv files
 - `repair`: salvage a damaged file (`repair`, `RepairResult`)
 - `fingerprint`: what a measurement depends on besides the segment (`Fingerprint`, `current`)
@@ -17,7 +18,8 @@ from __future__ import annotations
 # (which would otherwise leave the package attribute pointing at the module).
 from .repair import RepairResult, repair
 from .signature import describe, signature
-from .store import Entry, LatencyDBCorrupt, LatencyDBError, LatencyStore, default_path
+from .entry import Entry, LatencyDBCorrupt, LatencyDBError
+from .store import LatencyStore, default_path
 from .fingerprint import Fingerprint, current  # noqa: I001 - after the name-sharing imports above
 from .lookup import measure, measure_group
 from .timer import InterleavedTiming, Timing, interleaved_ab, time_model

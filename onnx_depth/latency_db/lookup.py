@@ -8,7 +8,8 @@ import onnx
 
 from .fingerprint import Fingerprint
 from .signature import describe, signature
-from .store import Entry, LatencyStore
+from .entry import Entry
+from .store import LatencyStore
 from .timer import InterleavedTiming, interleaved_ab, time_model
 
 
