@@ -4,7 +4,10 @@
     res = onnx_depth.optimize("model.onnx", latency_budget=0.7, calibration="calib.npz")
     res.model, res.report, res.plan
 
-The functions are imported lazily (importing the package stays cheap for the CLI)."""
+The functions are imported lazily (PEP 562): every `import onnx_depth.X` runs this file first,
+and the API pulls onnxruntime, planning and analysis, which users of e.g. onnx_depth.kernels,
+onnx_depth.torch or a Dask worker running onnx_depth.cluster jobs do not need. Lower layers read
+the version from onnx_depth.version, never from here."""
 
 from __future__ import annotations
 

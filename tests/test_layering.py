@@ -152,3 +152,14 @@ def test_the_import_checker_sees_function_level_imports() -> None:
     assert _allowed("onnx_depth/cli/optimize.py", "torch")
     assert _allowed("onnx_depth/__init__.py", "onnx_depth.api")
     assert not _allowed("onnx_depth/report.py", "onnx_depth.api")
+
+
+def test_the_api_and_cli_import_no_optional_dependency() -> None:
+    """`import onnx_depth` and its API and CLI pull none of the optional heavy dependencies."""
+    code = ("import sys, onnx_depth, onnx_depth.api, onnx_depth.cli\n"
+            "onnx_depth.optimize\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'transformers', 'dask', 'distributed', 'olive', 'matplotlib', 'PIL'}))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
