@@ -163,3 +163,33 @@ def test_the_api_and_cli_import_no_optional_dependency() -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _private_imports(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, "module.name") of every `from onnx_depth... import _name` in `source` that reaches
+    into another module (a package's own private submodules, e.g. zoo._builder, are its own)."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = ".".join(package[: len(package) - node.level + 1])
+            src = f"{base}.{node.module}" if node.module else base
+        else:
+            src = node.module or ""
+        if src != "onnx_depth" and not src.startswith("onnx_depth."):
+            continue
+        found += [(node.lineno, f"{src}.{a.name}") for a in node.names
+                  if a.name.startswith("_") and not a.name.startswith("__")
+                  and not (node.module is None and src == ".".join(package))]
+    return found
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    files = sorted(PACKAGE.rglob("*.py"))
+    bad = [f"{f.relative_to(ROOT)}:{line}: {name}" for f in files
+           for line, name in _private_imports(f.read_text(), *_module_name(f))]
+    assert not bad, "private names imported from another module (make them public or move them):\n" + "\n".join(bad)
+    src = "from .refit import _naive, segment_macs\nfrom . import _builder\nfrom ..ir import Graph\n"
+    assert [n for _, n in _private_imports(src, "onnx_depth.passes.linearize")] == ["onnx_depth.passes.refit._naive"]
