@@ -184,28 +184,12 @@ def _timing(medians: list[float], calls: list[int], floor_ms: float) -> Timing:
                   float(np.percentile(arr, 90)), len(calls), floor_ms)
 
 
-def time_model(
-    model: onnx.ModelProto,
-    *,
-    threads: int = 1,
-    provider: str = "CPUExecutionProvider",
-    provider_options: Mapping[str, Any] | None = None,
-    optimization: str = "all",
-    warmup: int = 10,
-    repeats: int = 7,
-    inner: int | None = None,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    floor: FloorKind = "shape",
-) -> Timing:
-    """Time one model (see the module docstring). `inner=None` picks a block size of about
-    2 ms of calls (1..200); symbolic input dims take `dims[name]` or 1."""
-    kw = _session_kw(threads, provider, provider_options, optimization)
-    bench = _Bench(model, kw, seed, dims)
-    fbench = _Bench(floor_model(model, floor), kw, seed, dims, feed=bench.feed)
-    medians, calls = _rounds([bench, fbench], warmup, repeats, inner)
-    floor_ms = float(np.median(medians[1])) / 1e6
-    return _timing(medians[0], calls[0], floor_ms)
+def time_model(model: onnx.ModelProto, *, repeats: int = 7, **settings: Any) -> Timing:
+    """Time one model (see the module docstring): `interleaved_ab` of this model alone, in
+    `repeats` rounds (with its floor model in the same rounds). `settings` are interleaved_ab's:
+    threads, provider, provider_options, optimization, warmup, inner (None picks a block size of
+    about 2 ms of calls, 1..200), seed, dims (symbolic input dims take `dims[name]` or 1), floor."""
+    return interleaved_ab({"model": model}, rounds=repeats, **settings).timings["model"]
 
 
 def interleaved_ab(
