@@ -8,10 +8,20 @@ from dataclasses import dataclass
 
 import onnx
 
-from . import compare, diagnostics, ir, metrics
+from . import compare, diagnostics, ir, metrics, shapes
+from .analysis.calibration import load_calibration, split_fit_validation
+from .analysis.fidelity import evaluate
+from .analysis.pipeline import calibrated_rewrites
+from .analysis.report import activation_report
+from .cluster import DEFAULT_TIMEOUT_S, open_cluster
 from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel
+from .ir.importer import infer_shapes
+from .latency_db.fingerprint import current
 from .passes import LOSSLESS, PassContext, run_to_fixed_point
-from .report import Report
+from .planning.budget import BudgetPlanner, ErrorBound
+from .planning.fidelity_guard import fidelity_warning, judge, looks_like_classifier
+from .report import Report, environment
+from .shapes import strip_value_info
 
 ModelSource = "onnx.ModelProto | str | os.PathLike[str]"
 
@@ -35,8 +45,6 @@ def analyze_activations(
 
     Without calibration data only the data-free criteria (BN statistics, PReLU slopes) apply.
     """
-    from .analysis.calibration import load_calibration
-    from .analysis.report import activation_report
 
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     cal = None if calibration is None else load_calibration(calibration, ir.read_model(source)[0])
@@ -143,10 +151,9 @@ def optimize(
     """
     _check_args(latency_budget, max_error, lossless, calibration, check, threads, budget_tolerance)
     _check_cluster_args(cluster, target, latency_budget is not None or max_error is not None)
-    from . import shapes as _shapes
 
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
-    given = _shapes.parse_input_shapes(input_shapes)
+    given = shapes.parse_input_shapes(input_shapes)
     if fix_shapes or given:
         model = _fixed_source(model, given, calibration, fix_shapes)
     # "before" describes the model as given, before our loader folds constants.
@@ -158,8 +165,6 @@ def optimize(
     if validation is not None and calibration is None:
         raise InputError("--validation needs --calibration (the validation set checks what is fitted on the calibration set)")
     if calibration is not None:
-        from .analysis.calibration import load_calibration, split_fit_validation
-
         specs_model = ir.to_proto(graph.copy(), check=False)
         cal_all = load_calibration(calibration, specs_model)
         val = None if validation is None else load_calibration(validation, specs_model)
@@ -170,8 +175,8 @@ def optimize(
     if loaded != before.nodes:
         results.append(_LoadFold(before.nodes - loaded))
     outcome = None
-    symbolic = _shapes.has_symbolic_dims(original)
-    fixed = _shapes.resolve(original, given, cal) if symbolic and (given or latency_budget is not None or max_error is not None) else None
+    symbolic = shapes.has_symbolic_dims(original)
+    fixed = shapes.resolve(original, given, cal) if symbolic and (given or latency_budget is not None or max_error is not None) else None
     warnings: list[dict] = []
     if latency_budget is not None or max_error is not None:
         original_graph = graph.copy()
@@ -199,8 +204,6 @@ def optimize(
         warnings += outcome.warnings
     else:
         if cal is not None and not lossless:
-            from .analysis.pipeline import calibrated_rewrites
-
             results += calibrated_rewrites(graph, cal)
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))
     out = ir.to_proto(graph)
@@ -216,16 +219,11 @@ def optimize(
             diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
                              "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
     else:
-        from .latency_db.fingerprint import current
-        from .report import environment
-
         report = Report(input=source_name, output=None, before=before, after=metrics.model_stats(graph),
                         passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
     _note_shapes(report, fixed)
     report.warnings = warnings
     if cal is not None:
-        from .analysis.fidelity import evaluate
-
         report.fidelity = evaluate(reference, out, split.validation)
         report.fidelity_fit = evaluate(reference, out, split.fit) if split.held_out else report.fidelity
         report.validation = split.to_dict()
@@ -237,7 +235,7 @@ def optimize(
     if outcome is not None:
         _guard(report, split, max_error, original)
     if check:
-        samples = _shapes.check_samples(original, given, cal)
+        samples = shapes.check_samples(original, given, cal)
         report.check = _checked(reference, out, samples, check, seed, source_name)
         if not report.check.allclose:
             raise CheckFailed(f"rewritten model differs from the original: {report.check.summary()}")
@@ -246,8 +244,6 @@ def optimize(
 
 def _guard(report: Report, split, max_error, original: onnx.ModelProto) -> None:
     """planning.fidelity_guard on the emitted lossy model: report.fidelity_ok and a warning."""
-    from .planning.budget import ErrorBound
-    from .planning.fidelity_guard import fidelity_warning, judge, looks_like_classifier
 
     verdict = judge(report.fidelity, held_out=split is None or split.held_out,
                     max_error=None if max_error is None else ErrorBound.parse(max_error),
@@ -263,30 +259,25 @@ def _guard(report: Report, split, max_error, original: onnx.ModelProto) -> None:
 def _fixed_source(model, given, calibration, fix: bool):
     """The model with --input-shape validated; with --fix-shapes, a copy with those static
     input shapes (and shapes re-inferred): everything downstream then sees a static model."""
-    from . import shapes as _shapes
 
     proto = model if isinstance(model, onnx.ModelProto) else ir.read_model(os.fspath(model))[0]
-    if not _shapes.has_symbolic_dims(proto):
+    if not shapes.has_symbolic_dims(proto):
         if given:
-            _shapes.resolve(proto, given)  # static dims must match what was given
+            shapes.resolve(proto, given)  # static dims must match what was given
         return model
     if not fix:
         return model
     cal = None
     if calibration is not None:
-        from .analysis.calibration import load_calibration
-
         cal = load_calibration(calibration, proto)
     if isinstance(model, (str, os.PathLike)):
         proto = onnx.load(os.fspath(model))  # with external data: the copy is self-contained
-    return _shapes.fix_inputs(proto, _shapes.resolve(proto, given, cal), infer=True)
+    return shapes.fix_inputs(proto, shapes.resolve(proto, given, cal), infer=True)
 
 
 def _reinfer(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the intermediates' value_info (stale after rewrites) and infer it again from the
     symbolic inputs; the inputs and outputs are kept exactly as they are."""
-    from .ir.importer import infer_shapes
-    from .shapes import strip_value_info
 
     bare = strip_value_info(_copy_model(model))
     try:
@@ -348,7 +339,6 @@ def _budget_report(outcome, env, source_name, before, results, latency_budget, m
                    budget_tolerance, after=None) -> "tuple[Report, dict]":
     """The report and plan of a budget / max-error outcome (also for a failed one: `after` then
     describes the fastest plan found, which was not emitted)."""
-    from .planning.budget import ErrorBound
 
     bound = None if max_error is None else ErrorBound.parse(max_error)
     report = Report(input=source_name, output=None, before=before,
@@ -410,7 +400,6 @@ def _check_cluster_args(cluster, target, goal: bool) -> None:
 
 def _open_cluster(cluster, target, timeout, provider, threads):
     """A cluster.ClusterSession (dask is imported only here, only with --cluster)."""
-    from .cluster import DEFAULT_TIMEOUT_S, open_cluster
 
     return open_cluster(cluster, target, provider=provider, threads=threads,
                         timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
@@ -432,8 +421,6 @@ def _budget(graph, original_graph, original, budget, max_error, cal, threads, pr
     """Profile (cached in the latency DB), plan, apply, measure: planning.budget.BudgetPlanner
     (on a cluster target when `remote`, a cluster.ClusterSession, is given).
     Returns (outcome, environment for the report)."""
-    from .planning.budget import BudgetPlanner
-    from .report import environment
 
     hooks = {} if remote is None else {"fingerprint": remote.fingerprint, "measure_group": remote.timer.measure_group,
                                        "measure_ab": remote.timer.measure_ab, "evaluate": remote.evaluator}

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from . import safe_io
 from .errors import InputError, OnnxDepthError
 
 __all__ = ["MissingExtra", "plot_plans", "plot_curves", "plot_report"]
@@ -59,8 +60,6 @@ def _finite(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _save(fig, path: "str | os.PathLike[str]") -> Path:
-    from . import safe_io
-
     out = safe_io.check_destination(path, "plot")
     fmt = out.suffix.lower().lstrip(".") or "png"
     if fmt not in fig.canvas.get_supported_filetypes():

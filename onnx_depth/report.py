@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import onnx
+import onnxruntime
+
+from . import safe_io
 from .compare import Comparison
 from .fmt import human, shorten
 from .metrics import ModelStats
+from .version import __version__
 
 NAME_WIDTH = 48  # node names in tables (shortened from the middle; whole in the JSON)
 
 
 def environment(fingerprint: Any = None) -> dict[str, Any]:
     """Versions of the tool and its runtimes, and the machine fingerprint (when known)."""
-    import platform
-
-    import onnx
-    import onnxruntime
-
-    from . import __version__
-
     d: dict[str, Any] = {"tool": f"onnx-depth {__version__}", "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
     if fingerprint is not None:
@@ -187,8 +186,6 @@ class Report:
         return d
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        from . import safe_io
-
         safe_io.write_text(path, json.dumps(self.to_dict(), indent=2, default=_jsonable), "report")
 
 

@@ -32,8 +32,11 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from . import runtime
 from .errors import InputError
+from .ir.exporter import to_proto
 from .ir.graph import value_info_dims
+from .ir.importer import infer_shapes
 
 FLAG = "--input-shape"
 CHECK_BATCH = 3  # the second batch size --check samples
@@ -254,8 +257,6 @@ def fix_inputs(model: onnx.ModelProto, shapes: InputShapes, *, infer: bool = Fal
         if o.type.HasField("tensor_type"):
             o.type.tensor_type.ClearField("shape")
     if infer:
-        from .ir.importer import infer_shapes
-
         m = infer_shapes(m)
     return m
 
@@ -272,8 +273,6 @@ def run_error(shapes: InputShapes, e: BaseException, what: str = "the model") ->
 def feed_at(specs, shapes: InputShapes, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs (runtime.random_feed's distributions) for a session's input `specs`
     (runtime.input_specs), of exactly `shapes`."""
-    from . import runtime
-
     fixed = [runtime.TensorSpec(s.name, tuple(shapes.shapes.get(s.name, s.shape)), s.dtype) for s in specs]
     return runtime.random_feed(fixed, rng)
 
@@ -283,9 +282,6 @@ def fixed_view(graph, shapes: InputShapes, *, threads: int | None = 1) -> dict[s
     measured by running a copy of the model once with onnxruntime (every intermediate made an
     output): exact, whatever shape inference can or cannot propagate (Shape/Gather/Reshape
     chains, Resize). The graph is not changed. InputError (one line) when it does not run."""
-    from . import runtime
-    from .ir.exporter import to_proto
-
     proto = fix_inputs(to_proto(graph.copy(), check=False), shapes, infer=True)
     known = {o.name for o in proto.graph.output}
     types = {v.name: v for v in proto.graph.value_info}

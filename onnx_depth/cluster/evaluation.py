@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
+from .. import runtime
+from .targets import identity
 from .waiting import LOST_GRACE_S, wait_for
 
 
@@ -30,9 +32,6 @@ def outputs_job(model_bytes: bytes, feeds: Sequence[Mapping[str, np.ndarray]], n
                 threads: int | None) -> tuple[str | None, list[dict[str, np.ndarray]]]:
     """Runs ON a worker: (its address, the model's outputs `names` on every feed); the session
     is EvalSet's (basic graph optimizations, `threads` intra-op threads)."""
-    from .. import runtime
-    from .targets import identity
-
     s = runtime.make_session(model_bytes, optimization="basic", threads=threads)
     return identity()["address"], [runtime.run(s, f, list(names)) for f in feeds]
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from ..latency_db.fingerprint import Fingerprint
 from .connect import DEFAULT_TIMEOUT_S, connect, normalize_address
 from .evaluation import RemoteEvaluator
-from .targets import Target, resolve_target
+from .targets import Target, resolve_target, resource_name
 from .timing import RemoteTimer
 from .waiting import LOST_GRACE_S
 
@@ -57,8 +57,6 @@ def open_cluster(address: str, target: str, *, provider: str = "CPUExecutionProv
                  provider_options: Mapping[str, Any] | None = None, threads: int = 1, optimization: str = "all",
                  timeout: float = DEFAULT_TIMEOUT_S, lost_grace_s: float = LOST_GRACE_S) -> ClusterSession:
     """Connect to the scheduler at `address` and resolve target `target` (see the module docstring)."""
-    from .targets import resource_name
-
     resource_name(target)  # a bad name fails before any connection attempt
     address = normalize_address(address)
     client = connect(address, timeout)

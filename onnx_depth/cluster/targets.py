@@ -22,8 +22,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .. import __version__
-from ..latency_db.fingerprint import Fingerprint
+import onnxruntime as ort
+
+from ..version import __version__
+from ..latency_db.fingerprint import Fingerprint, current
 from .connect import ClusterError
 
 RESOURCE_PREFIX = "onnxdepth-target-"
@@ -65,10 +67,6 @@ def identity() -> dict[str, Any]:
 def probe(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Runs ON a worker: its fingerprint for the session `settings` (provider, provider_options,
     threads, optimization), or the reason it cannot measure with them."""
-    import onnxruntime as ort
-
-    from ..latency_db.fingerprint import current
-
     out = identity()
     if settings["provider"] not in ort.get_available_providers():
         out["error"] = (f"provider {settings['provider']!r} is not available there "

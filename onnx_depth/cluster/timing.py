@@ -1,7 +1,7 @@
 """The remote timing job: segment models timed on the target by the same timer, rows stored here.
 
 A job is one interleaved group (`latency_db.timer.interleaved_ab`), exactly what the local
-profiler times in one process (`latency_db.profile.measure_group`, which takes this job as its
+profiler times in one process (`latency_db.lookup.measure_group`, which takes this job as its
 `timer` and stores the rows as it does locally): the models travel as ONNX
 bytes inside the task, the worker rebuilds its fingerprint with the run's session settings
 (`latency_db.fingerprint.current` there: its CPU, ISA, cores, onnxruntime version, provider),
@@ -27,10 +27,11 @@ from typing import Any, Mapping
 
 import onnx
 
-from ..latency_db.fingerprint import Fingerprint
-from ..latency_db.profile import measure_group
-from ..latency_db.store import Entry, LatencyStore
-from ..latency_db.timer import Comparison, Timing
+from ..latency_db.fingerprint import Fingerprint, current
+from ..latency_db.lookup import measure_group
+from ..latency_db.entry import Entry
+from ..latency_db.store import LatencyStore
+from ..latency_db.timer import InterleavedTiming, Timing, interleaved_ab
 from .targets import Target, identity
 from .waiting import LOST_GRACE_S, wait_for
 
@@ -38,9 +39,6 @@ from .waiting import LOST_GRACE_S, wait_for
 def time_group_job(blobs: Mapping[str, bytes], settings: Mapping[str, Any], timer_kw: Mapping[str, Any]) -> dict:
     """Runs ON the worker: time the models (name -> ONNX bytes) interleaved, with the session
     settings of the worker's own fingerprint for `settings`."""
-    from ..latency_db.fingerprint import current
-    from ..latency_db.timer import interleaved_ab
-
     fp = current(**settings)
     models = {k: onnx.load_from_string(b) for k, b in blobs.items()}
     cmp = interleaved_ab(models, **fp.session_kwargs(), **dict(timer_kw))
@@ -53,7 +51,7 @@ def time_group_job(blobs: Mapping[str, bytes], settings: Mapping[str, Any], time
 class RemoteTimer:
     """Timing on a target: `interleaved_ab` (same signature and result as
     `latency_db.timer.interleaved_ab`, run on a worker of the target), `measure_group` (the
-    profiler's hook: `latency_db.profile.measure_group` with that timer) and `measure_ab` (the
+    profiler's hook: `latency_db.lookup.measure_group` with that timer) and `measure_ab` (the
     planner's end-to-end check). `last_worker` is the identity of the worker that ran the latest
     job; `jobs` counts them."""
 
@@ -63,7 +61,7 @@ class RemoteTimer:
         self.jobs = 0
         self.last_worker: dict[str, Any] | None = None
 
-    def interleaved_ab(self, models: "Mapping[str, onnx.ModelProto]", **kw: Any) -> Comparison:
+    def interleaved_ab(self, models: "Mapping[str, onnx.ModelProto]", **kw: Any) -> InterleavedTiming:
         """`latency_db.timer.interleaved_ab` on the target. Session settings given in `kw` must be
         the target fingerprint's (they are what the rows will be stored under)."""
         session = self.target.fingerprint.session_kwargs()
@@ -83,14 +81,14 @@ class RemoteTimer:
         self.target.check(res)
         self.jobs += 1
         self.last_worker = res["worker"]
-        return Comparison(res["baseline"], {k: Timing(**t) for k, t in res["timings"].items()},
+        return InterleavedTiming(res["baseline"], {k: Timing(**t) for k, t in res["timings"].items()},
                           {k: float(v) for k, v in res["ratios"].items()},
                           {k: (float(v[0]), float(v[1])) for k, v in res["ratio_spread"].items()},
                           int(res["rounds"]), {k: list(v) for k, v in res["round_ms"].items()})
 
     def measure_group(self, store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint,
                       **kw: Any) -> dict[str, Entry]:
-        """`latency_db.profile.measure_group` timed on the target; `fingerprint` must be its."""
+        """`latency_db.lookup.measure_group` timed on the target; `fingerprint` must be its."""
         if fingerprint != self.target.fingerprint:
             raise ValueError("measure_group on a target stores under the target's fingerprint only")
         return measure_group(store, models, fingerprint, timer=self.interleaved_ab, **kw)
@@ -98,7 +96,7 @@ class RemoteTimer:
     def measure_ab(self, original: onnx.ModelProto, candidate: onnx.ModelProto, *, rounds: int = 21,
                    **timer_kw: Any):
         """Candidate vs original on the target, interleaved (the planner's end-to-end check): the
-        timer's Comparison (per-round ms of "original" and "optimized")."""
+        timer's InterleavedTiming (per-round ms of "original" and "optimized")."""
         return self.interleaved_ab({"original": original, "optimized": candidate}, rounds=rounds, **timer_kw)
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from .. import safe_io
 from .graph import Graph
@@ -119,8 +120,6 @@ def protected_inputs(protect: "str | os.PathLike[str] | None") -> dict[str, "str
 def _externalize(m: onnx.ModelProto, f, location: str, threshold: int = 0) -> None:
     """Move every initializer of `threshold` bytes or more into the open file `f` (4 KiB aligned
     offsets, the layout onnx.save_model writes)."""
-    from onnx import numpy_helper
-
     offset = 0
     for t in m.graph.initializer:
         if not t.HasField("raw_data"):

@@ -21,7 +21,7 @@ Nodes are emitted in topological order by the IR exporter (`to_proto`), so the r
 from __future__ import annotations
 
 import copy as _copy
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -94,25 +94,15 @@ def _random_like(init: Initializer, rng: np.random.Generator) -> Initializer:
     return Initializer(init.name, array=arr)
 
 
-def extract(
-    graph: Graph,
-    nodes: Iterable[Node | int],
-    *,
-    random_weights: bool = False,
-    seed: int = 0,
-    outputs: Sequence[str] | None = None,
-    check: bool = False,
-    name: str | None = None,
-) -> onnx.ModelProto:
+def extract(graph: Graph, nodes: Iterable[Node | int], *, check: bool = False, **options: Any) -> onnx.ModelProto:
     """A standalone ModelProto computing `nodes` (Node objects or IR ids) of `graph`.
 
-    random_weights: replace floating, non-scalar constants by seeded random arrays of the same
-    shape and dtype (for timing: only shapes matter). outputs: the tensors to expose instead of
-    the automatic choice (any tensor produced by the set). check: run onnx.checker (full).
-    The graph is not modified.
+    `options` are `extract_graph`'s: random_weights (replace floating, non-scalar constants by
+    seeded random arrays of the same shape and dtype, for timing: only shapes matter), seed,
+    outputs (the tensors to expose instead of the automatic choice: any tensor produced by the
+    set), name. check: run onnx.checker (full). The graph is not modified.
     """
-    sub = extract_graph(graph, nodes, random_weights=random_weights, seed=seed, outputs=outputs, name=name)
-    return to_proto(sub, check=check)
+    return to_proto(extract_graph(graph, nodes, **options), check=check)
 
 
 def extract_graph(
@@ -164,13 +154,7 @@ def extract_graph(
     sub.value_info = {t: _copy.deepcopy(v) for t, v in graph.value_info.items() if t in produced and t not in out_set}
     order = nx.lexicographical_topological_sort(graph.nx.subgraph(seen_ids), key=lambda i: i)
     for i in order:
-        n = graph.node(i)
-        c = _copy.copy(n)
-        c.inputs, c.outputs = list(n.inputs), list(n.outputs)
-        c.attributes = dict(n.attributes)
-        c.metadata_props = list(n.metadata_props)
-        c.implicit_inputs = list(n.implicit_inputs)
-        sub.add_node(c)
+        sub.add_node(graph.node(i).copy())
     return sub
 
 

@@ -328,12 +328,7 @@ class Graph:
         g.fixed_shapes = dict(self.fixed_shapes)
         g.initializers = {k: v.copy() for k, v in self.initializers.items()}
         for n in self.topological_order():
-            c = _copy.copy(n)
-            c.inputs, c.outputs = list(n.inputs), list(n.outputs)
-            c.attributes = dict(n.attributes)
-            c.metadata_props = list(n.metadata_props)
-            c.implicit_inputs = list(n.implicit_inputs)
-            g.add_node(c)
+            g.add_node(n.copy())
         return g
 
     # ------------------------------------------------------------------ internals

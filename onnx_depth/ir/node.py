@@ -7,6 +7,7 @@ untouched. `attr()` reads a value, `set_attr()` writes one.
 
 from __future__ import annotations
 
+import copy as _copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,16 @@ class Node:
     implicit_inputs: list[str] = field(default_factory=list)
     # Set by Graph when the node is added; the networkx key.
     id: int = -1
+
+    def copy(self) -> "Node":
+        """A copy to add to another graph: its own input/output/attribute/metadata lists (the
+        AttributeProto objects are shared: rewrites replace them, never edit them in place)."""
+        c = _copy.copy(self)
+        c.inputs, c.outputs = list(self.inputs), list(self.outputs)
+        c.attributes = dict(self.attributes)
+        c.metadata_props = list(self.metadata_props)
+        c.implicit_inputs = list(self.implicit_inputs)
+        return c
 
     # ---- attributes -------------------------------------------------------------
     def attr(self, name: str, default: Any = None) -> Any:

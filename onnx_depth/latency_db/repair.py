@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .store import (SQLITE_MAGIC, Entry, LatencyDBCorrupt, LatencyDBError, LatencyStore,
-                    default_path, utc_now)
+from .entry import Entry, LatencyDBCorrupt, LatencyDBError, utc_now
+from .store import SQLITE_MAGIC, LatencyStore, default_path
 
 _PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 

@@ -12,28 +12,22 @@ that deleted rows do not linger in free space (and cannot be resurrected by `rep
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
-import math
 import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..errors import OnnxDepthError
+from .entry import ENTRY_COLUMNS, ROW_COLUMNS, Entry, LatencyDBCorrupt, LatencyDBError, astuple_entry, utc_now
+from .transfer import read_export, write_export
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprint
-    from .timer import Timing
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PAGE_SIZE = 4096
 BUSY_TIMEOUT_MS = 60_000
-DESCRIPTION_MAX = 200
-EXPORT_FORMAT = "onnx-depth-latency-db"
 
 # Ordered migrations: (version reached, what it does, statements). Never edit a released step;
 # append a new one. A fresh file runs them all, so every file has the same column order.
@@ -63,27 +57,6 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-ENTRY_COLUMNS = ("samples", "median_ms", "p10_ms", "p90_ms", "floor_ms", "measured_at", "description")
-ROW_COLUMNS = ("fingerprint", "signature") + ENTRY_COLUMNS
-
-
-class LatencyDBError(OnnxDepthError):
-    """A latency-database problem worth a one-line message (bad file, bad import, ...);
-    the CLI prints it as one line with exit code 2."""
-
-
-class LatencyDBCorrupt(LatencyDBError):
-    """The database file is not a database or is damaged; `repair` can salvage it."""
-
-    def __init__(self, path: str | os.PathLike[str], detail: str, *, force: bool = False) -> None:
-        self.path = os.fspath(path)
-        self.detail = " ".join(str(detail).split())
-        super().__init__(
-            f"latency database {self.path} is corrupt ({self.detail}); "
-            f"run `onnx-depth db repair{' --force' if force else ''} --latency-db {self.path}`"
-        )
-
-
 def default_path() -> Path:
     """$ONNX_DEPTH_LATENCY_DB, else $XDG_CACHE_HOME/onnx-depth/latency.sqlite, else ~/.cache/..."""
     env = os.environ.get("ONNX_DEPTH_LATENCY_DB")
@@ -92,62 +65,6 @@ def default_path() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME")
     base = Path(cache).expanduser() if cache else Path.home() / ".cache"
     return base / "onnx-depth" / "latency.sqlite"
-
-
-def utc_now() -> str:
-    """Current UTC time in the store's canonical ISO form."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def normalize_time(value: str) -> str:
-    """Any ISO-8601 time -> canonical UTC ISO with microseconds (naive means UTC), so that
-    string order is time order."""
-    try:
-        dt = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    except ValueError as e:
-        raise LatencyDBError(f"bad measured_at {value!r}: not an ISO-8601 time") from e
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One measured latency. `floor_ms` is the call overhead measured alongside (None when
-    unknown, e.g. rows migrated from schema v1)."""
-
-    samples: int
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    floor_ms: float | None = None
-    measured_at: str = ""
-    description: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "samples", int(self.samples))
-        for name in ("median_ms", "p10_ms", "p90_ms"):
-            v = float(getattr(self, name))
-            if not math.isfinite(v) or v < 0:
-                raise LatencyDBError(f"bad {name} {v!r}: must be a finite non-negative number")
-            object.__setattr__(self, name, v)
-        if self.floor_ms is not None:
-            object.__setattr__(self, "floor_ms", float(self.floor_ms))
-        if self.samples < 0:
-            raise LatencyDBError(f"bad samples {self.samples}")
-        object.__setattr__(self, "measured_at", normalize_time(self.measured_at) if self.measured_at else utc_now())
-        if self.description is not None:
-            object.__setattr__(self, "description", str(self.description)[:DESCRIPTION_MAX])
-
-    @property
-    def net_ms(self) -> float:
-        """median minus the call-overhead floor (never negative)."""
-        return max(self.median_ms - (self.floor_ms or 0.0), 0.0)
-
-    @classmethod
-    def from_timing(cls, timing: "Timing", description: str | None = None) -> "Entry":
-        return cls(timing.samples, timing.median_ms, timing.p10_ms, timing.p90_ms,
-                   timing.floor_ms, utc_now(), description)
 
 
 def _fp_key(fingerprint: "Fingerprint | str") -> str:
@@ -416,43 +333,14 @@ class LatencyStore:
 
     # ---- export / import ------------------------------------------------------------------
     def export(self, path: str | os.PathLike[str]) -> int:
-        """Write all entries to `path` (.json or .csv); returns the number of entries."""
-        from .. import safe_io
-        from ..errors import InputError
-
-        path = Path(path)
-        kind = _file_kind(path)
-        try:
-            safe_io.check_destination(path, "export file")
-            safe_io.check_distinct({"the export file": path}, {
-                "the latency database": self.path, "its WAL file": Path(f"{self.path}-wal"),
-                "its shared-memory file": Path(f"{self.path}-shm")})
-        except InputError as e:
-            raise LatencyDBError(str(e)) from None
-        rows = [_row_dict(fp, sig, e) for fp, sig, e in self.entries()]
-        details = self.fingerprints()
-        try:
-            with safe_io.atomic_open(path, "w", "export file", newline="", encoding="utf-8") as f:
-                if kind == "json":
-                    json.dump({"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION,
-                               "fingerprints": details, "entries": rows}, f, indent=1)
-                    f.write("\n")
-                else:
-                    w = csv.DictWriter(f, fieldnames=list(ROW_COLUMNS) + ["fingerprint_details"])
-                    w.writeheader()
-                    for r in rows:
-                        d = details.get(r["fingerprint"])
-                        w.writerow({**{k: "" if v is None else v for k, v in r.items()},
-                                    "fingerprint_details": json.dumps(d, sort_keys=True) if d else ""})
-        except InputError as e:
-            raise LatencyDBError(str(e)) from None
-        return len(rows)
+        """Write all entries to `path` (.json or .csv; `transfer`); returns the number of entries."""
+        return write_export(path, self.entries(), self.fingerprints(), schema_version=SCHEMA_VERSION,
+                            database=self.path)
 
     def import_(self, path: str | os.PathLike[str]) -> int:
         """Merge entries from a .json/.csv export; on a key conflict the newer `measured_at`
         wins. Returns the number of rows inserted or updated."""
-        path = Path(path)
-        rows, details = _read_export(path)
+        rows, details = read_export(Path(path))
         changed = 0
         with self._write() as c:
             for key, d in details.items():
@@ -495,74 +383,3 @@ def _entry_or_none(row: Sequence[Any]) -> Entry | None:
         return None
 
 
-def astuple_entry(e: Entry) -> tuple[Any, ...]:
-    return tuple(getattr(e, k) for k in ENTRY_COLUMNS)
-
-
-def _row_dict(fp: str, sig: str, e: Entry) -> dict[str, Any]:
-    return {"fingerprint": fp, "signature": sig, **asdict(e)}
-
-
-def _file_kind(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext not in (".json", ".csv"):
-        raise LatencyDBError(f"cannot tell the format of {path}: use a .json or .csv file name")
-    return ext[1:]
-
-
-def _entry_from_record(rec: dict[str, Any], where: str) -> tuple[Any, ...]:
-    try:
-        fp, sig = str(rec["fingerprint"]).strip(), str(rec["signature"]).strip()
-        if not fp or not sig:
-            raise ValueError("empty fingerprint or signature")
-        vals = {k: rec.get(k) for k in ENTRY_COLUMNS}
-        for k in ("floor_ms", "description"):
-            if vals[k] in ("", None):
-                vals[k] = None
-        if not vals["measured_at"]:
-            raise ValueError("missing measured_at")
-        entry = Entry(**{k: v for k, v in vals.items() if k in {f.name for f in fields(Entry)}})
-    except LatencyDBError as e:
-        raise LatencyDBError(f"{where}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise LatencyDBError(f"{where}: bad entry ({e})") from None
-    return (fp, sig, *astuple_entry(entry))
-
-
-def _read_export(path: Path) -> tuple[list[tuple[Any, ...]], dict[str, dict[str, Any]]]:
-    kind = _file_kind(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            if kind == "json":
-                try:
-                    doc = json.load(f)
-                except ValueError as e:
-                    raise LatencyDBError(f"{path} is not valid JSON ({e})") from None
-                if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
-                    raise LatencyDBError(f"{path} is not an onnx-depth latency export (no 'entries' list)")
-                details = doc.get("fingerprints") or {}
-                rows = [_entry_from_record(r, f"{path} entry {i}") if isinstance(r, dict)
-                        else _bad(f"{path} entry {i}: not an object") for i, r in enumerate(doc["entries"])]
-                return rows, {k: v for k, v in details.items() if isinstance(v, dict)}
-            reader = csv.DictReader(f)
-            missing = {"fingerprint", "signature", "median_ms", "measured_at"} - set(reader.fieldnames or ())
-            if missing:
-                raise LatencyDBError(f"{path} is not an onnx-depth latency export (missing columns: "
-                                     f"{', '.join(sorted(missing))})")
-            rows, details = [], {}
-            for i, rec in enumerate(reader, start=2):
-                rows.append(_entry_from_record(rec, f"{path} line {i}"))
-                if rec.get("fingerprint_details"):
-                    with contextlib.suppress(ValueError):
-                        details[rows[-1][0]] = json.loads(rec["fingerprint_details"])
-            return rows, details
-    except FileNotFoundError:
-        raise LatencyDBError(f"no such file: {path}") from None
-    except UnicodeDecodeError:
-        raise LatencyDBError(f"{path} is not a text export") from None
-    except OSError as e:
-        raise LatencyDBError(f"cannot read {path}: {e.strerror}") from None
-
-
-def _bad(msg: str) -> tuple[Any, ...]:
-    raise LatencyDBError(msg)

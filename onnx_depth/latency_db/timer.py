@@ -50,7 +50,7 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class InterleavedTiming:
     """Result of `interleaved_ab`: per-model timings and ratios vs the baseline (the first
     model). `ratios[k]` is the median over rounds of median_k / median_baseline in that round;
     `ratio_spread[k]` is the (p10, p90) of those per-round ratios. `round_ms[k]` is model k's
@@ -184,28 +184,12 @@ def _timing(medians: list[float], calls: list[int], floor_ms: float) -> Timing:
                   float(np.percentile(arr, 90)), len(calls), floor_ms)
 
 
-def time_model(
-    model: onnx.ModelProto,
-    *,
-    threads: int = 1,
-    provider: str = "CPUExecutionProvider",
-    provider_options: Mapping[str, Any] | None = None,
-    optimization: str = "all",
-    warmup: int = 10,
-    repeats: int = 7,
-    inner: int | None = None,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    floor: FloorKind = "shape",
-) -> Timing:
-    """Time one model (see the module docstring). `inner=None` picks a block size of about
-    2 ms of calls (1..200); symbolic input dims take `dims[name]` or 1."""
-    kw = _session_kw(threads, provider, provider_options, optimization)
-    bench = _Bench(model, kw, seed, dims)
-    fbench = _Bench(floor_model(model, floor), kw, seed, dims, feed=bench.feed)
-    medians, calls = _rounds([bench, fbench], warmup, repeats, inner)
-    floor_ms = float(np.median(medians[1])) / 1e6
-    return _timing(medians[0], calls[0], floor_ms)
+def time_model(model: onnx.ModelProto, *, repeats: int = 7, **settings: Any) -> Timing:
+    """Time one model (see the module docstring): `interleaved_ab` of this model alone, in
+    `repeats` rounds (with its floor model in the same rounds). `settings` are interleaved_ab's:
+    threads, provider, provider_options, optimization, warmup, inner (None picks a block size of
+    about 2 ms of calls, 1..200), seed, dims (symbolic input dims take `dims[name]` or 1), floor."""
+    return interleaved_ab({"model": model}, rounds=repeats, **settings).timings["model"]
 
 
 def interleaved_ab(
@@ -221,7 +205,7 @@ def interleaved_ab(
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
     floor: FloorKind = "shape",
-) -> Comparison:
+) -> InterleavedTiming:
     """Time several models in interleaved, rotating rounds in this process (plus one floor model
     per distinct input signature) and compare each with the first. Models with the same input
     names/shapes/dtypes get identical random inputs (same seed)."""
@@ -251,4 +235,4 @@ def interleaved_ab(
         ratios[k] = float(np.median(r))
         spread[k] = (float(np.percentile(r, 10)), float(np.percentile(r, 90)))
     round_ms = {k: [m / 1e6 for m in medians[i]] for i, k in enumerate(names)}
-    return Comparison(names[0], timings, ratios, spread, rounds, round_ms)
+    return InterleavedTiming(names[0], timings, ratios, spread, rounds, round_ms)

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import safe_io
 from ..errors import OnnxDepthError
 
 __all__ = ["PASS_TYPE", "package_config_path", "package_config", "write_package_config", "run_workflow", "OnnxDepthPass"]
@@ -55,8 +56,6 @@ def package_config(include_olive_passes: bool = True) -> dict[str, Any]:
 
 def write_package_config(path: "str | os.PathLike[str]", include_olive_passes: bool = True) -> Path:
     """Write `package_config()` to `path` (for `olive run --package-config PATH`)."""
-    from .. import safe_io
-
     return safe_io.write_text(path, json.dumps(package_config(include_olive_passes), indent=4) + "\n", "package config")
 
 

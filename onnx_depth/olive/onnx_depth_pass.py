@@ -19,7 +19,9 @@ from olive.model.utils import resolve_onnx_path
 from olive.passes import Pass
 from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
+from .. import api
 from ..errors import OnnxDepthError
+from ..ir import save
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,39 @@ logger = logging.getLogger(__name__)
 # API's own default applies (as when the CLI option is not given).
 _API_PARAMS = ("latency_budget", "max_error", "calibration", "lossless", "threads", "provider", "latency_db",
                "check", "seed", "allow_over_budget", "cluster", "target", "cluster_timeout")
+
+
+# name -> (type, default, Olive category or None, description)
+_PARAMS = {
+    "latency_budget": (Optional[float], None, None,
+        "Target latency as a fraction of the original's (e.g. 0.7), measured with onnxruntime on this machine."),
+    "max_error": (Optional[Union[float, str]], None, None,
+        "The fastest model whose error on the calibration data is at most this: an output NMSE (0.05) or 'top1:0.01'."),
+    "calibration": (Optional[str], None, ParamCategory.PATH,
+        "Calibration data (.npz keyed by input name, .npy, or a folder of .npy)."),
+    "lossless": (Optional[bool], None, None,
+        "Only exact rewrites (canonicalize, fold BatchNorm, remove identity activations, merge linear layers)."),
+    "threads": (Optional[int], None, None,
+        "onnxruntime intra-op threads for latency measurements."),
+    "provider": (Optional[str], None, None,
+        "Execution provider latency is measured with (onnx-depth's default: CPUExecutionProvider)."),
+    "latency_db": (Optional[str], None, ParamCategory.PATH,
+        "Latency database file (default: $ONNX_DEPTH_LATENCY_DB or ~/.cache/onnx-depth/latency.sqlite)."),
+    "check": (Optional[int], None, None,
+        "Compare input and output on this many random inputs; fail the pass on a mismatch."),
+    "seed": (Optional[int], None, None,
+        "Random seed."),
+    "allow_over_budget": (Optional[bool], None, None,
+        "Keep the best plan found even if its measured latency misses the budget."),
+    "cluster": (Optional[str], None, None,
+        "Dask scheduler (tcp://HOST:8786): measure latency on the workers of `target` and evaluate importance on the cluster (pip install onnx-depth[cluster])."),
+    "target": (Optional[str], None, None,
+        "With `cluster`: the target device's name (workers started with --resources onnxdepth-target-NAME=1)."),
+    "cluster_timeout": (Optional[float], None, None,
+        "With `cluster`: seconds to reach the scheduler before failing (default 10)."),
+    "report": (bool, True, None,
+        "Write onnx-depth's JSON report beside the output model (onnx_depth_report.json)."),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,60 +85,9 @@ class OnnxDepthPass(Pass):
 
     @classmethod
     def _default_config(cls, accelerator_spec: AcceleratorSpec) -> dict[str, PassConfigParam]:
-        return {
-            "latency_budget": PassConfigParam(
-                type_=Optional[float], default_value=None,
-                description="Target latency as a fraction of the original's (e.g. 0.7), measured with onnxruntime on this machine.",
-            ),
-            "max_error": PassConfigParam(
-                type_=Optional[Union[float, str]], default_value=None,
-                description="The fastest model whose error on the calibration data is at most this: an output NMSE (0.05) or 'top1:0.01'.",
-            ),
-            "calibration": PassConfigParam(
-                type_=Optional[str], default_value=None, category=ParamCategory.PATH,
-                description="Calibration data (.npz keyed by input name, .npy, or a folder of .npy).",
-            ),
-            "lossless": PassConfigParam(
-                type_=Optional[bool], default_value=None,
-                description="Only exact rewrites (canonicalize, fold BatchNorm, remove identity activations, merge linear layers).",
-            ),
-            "threads": PassConfigParam(
-                type_=Optional[int], default_value=None, description="onnxruntime intra-op threads for latency measurements.",
-            ),
-            "provider": PassConfigParam(
-                type_=Optional[str], default_value=None,
-                description="Execution provider latency is measured with (onnx-depth's default: CPUExecutionProvider).",
-            ),
-            "latency_db": PassConfigParam(
-                type_=Optional[str], default_value=None, category=ParamCategory.PATH,
-                description="Latency database file (default: $ONNX_DEPTH_LATENCY_DB or ~/.cache/onnx-depth/latency.sqlite).",
-            ),
-            "check": PassConfigParam(
-                type_=Optional[int], default_value=None,
-                description="Compare input and output on this many random inputs; fail the pass on a mismatch.",
-            ),
-            "seed": PassConfigParam(type_=Optional[int], default_value=None, description="Random seed."),
-            "allow_over_budget": PassConfigParam(
-                type_=Optional[bool], default_value=None,
-                description="Keep the best plan found even if its measured latency misses the budget.",
-            ),
-            "cluster": PassConfigParam(
-                type_=Optional[str], default_value=None,
-                description="Dask scheduler (tcp://HOST:8786): measure latency on the workers of `target` and evaluate importance on the cluster (pip install onnx-depth[cluster]).",
-            ),
-            "target": PassConfigParam(
-                type_=Optional[str], default_value=None,
-                description="With `cluster`: the target device's name (workers started with --resources onnxdepth-target-NAME=1).",
-            ),
-            "cluster_timeout": PassConfigParam(
-                type_=Optional[float], default_value=None,
-                description="With `cluster`: seconds to reach the scheduler before failing (default 10).",
-            ),
-            "report": PassConfigParam(
-                type_=bool, default_value=True,
-                description="Write onnx-depth's JSON report beside the output model (onnx_depth_report.json).",
-            ),
-        }
+        return {name: PassConfigParam(type_=t, default_value=default, description=desc,
+                                      **({} if category is None else {"category": category}))
+                for name, (t, default, category, desc) in _PARAMS.items()}
 
     @classmethod
     def api_kwargs(cls, config: "BasePassConfig | dict") -> dict:
@@ -114,9 +98,6 @@ class OnnxDepthPass(Pass):
     def _run_for_config(
         self, model: ONNXModelHandler, config: type[BasePassConfig], output_model_path: str
     ) -> ONNXModelHandler:
-        from .. import api
-        from ..ir import save
-
         if not isinstance(model, ONNXModelHandler):
             raise ValueError(f"OnnxDepth needs an ONNX model, got {type(model).__name__}")
         src = model.model_path

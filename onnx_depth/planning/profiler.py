@@ -7,7 +7,7 @@
 lossless passes is timed and stored too: it is the one in-context measurement that
 `latency_model` calibrates with; so are the pair models that price each segment boundary.
 
-Missing models are timed in interleaved groups (`latency_db.profile.measure_group`: rotating
+Missing models are timed in interleaved groups (`latency_db.lookup.measure_group`: rotating
 rounds in one process). A cut (what a segment boundary costs standalone: keep(i) + keep(i+1) -
 pair(i)) is a difference of three measurements, so the three are always timed in the same group
 (the machine's load drifts between groups) and the cut is stored as one derived entry.
@@ -33,7 +33,7 @@ import onnx
 
 from .. import ir
 from ..latency_db.fingerprint import Fingerprint
-from ..latency_db.profile import measure_group
+from ..latency_db.lookup import measure_group
 from ..latency_db.signature import signature
 from ..latency_db.store import Entry, LatencyStore
 from ..passes import LOSSLESS, PassContext, run_to_fixed_point
@@ -175,7 +175,7 @@ def profile_candidates(
     whole graph (when `whole`), then the cost of every distinct cut (when `cuts`).
 
     Options are timed in interleaved groups of up to `group_size` models (and about
-    `group_bytes` of weights): `latency_db.profile.measure_group`. A cut at position i is
+    `group_bytes` of weights): `latency_db.lookup.measure_group`. A cut at position i is
     cut = keep(i) + keep(i+1) - pair(i) (net of floors), the three models timed in the same
     group and the difference taken round by round (median, p10, p90 over rounds; clamped at 0:
     a boundary costs nothing or something), stored as one derived entry (`cut_signature`).

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pruning import PrunableLayer
+
 __all__ = ["KINDS", "CollapsibleActivation", "PReLUOne", "kind_of", "is_supported", "slope_parameters"]
 
 KINDS = ("relu", "relu6", "gelu")
@@ -113,8 +115,6 @@ class PReLUOne(nn.Module):
 
 def slope_parameters(module: nn.Module) -> nn.Parameter | None:
     """The slope tensor of a collapsible activation, a prunable layer or an nn.PReLU, else None."""
-    from .pruning import PrunableLayer
-
     if isinstance(module, (CollapsibleActivation, PrunableLayer)):
         return module.slope
     if isinstance(module, nn.PReLU):

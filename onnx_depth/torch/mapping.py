@@ -18,6 +18,8 @@ import io
 import warnings
 from typing import Iterable
 
+import onnx
+import torch
 from torch import nn
 
 from .activations import kind_of
@@ -96,9 +98,6 @@ def activation_nodes(model: nn.Module, example_input, *, opset: int = 13) -> dic
     """Export ``model`` (legacy exporter, in memory) and map the name of every node emitted
     inside a supported activation module to that module's path. Nodes of functional
     activations are not included (they belong to no activation module)."""
-    import onnx
-    import torch
-
     buf = io.BytesIO()
     was_training = model.training
     model.eval()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 __all__ = ["InvertedResidual", "MnistMobileNet", "FFNBlock", "FFNStack", "MNIST_BLOCKS"]
@@ -126,9 +128,6 @@ class FFNStack(nn.Module):
         its weights (MatMul weights [in, out] transposed into nn.Linear). The zoo's PReLU has one
         slope per feature; they must all be equal (as built: ``prelu_slope``), since this
         module's PReLU has one slope per layer."""
-        import numpy as np
-        from onnx import numpy_helper
-
         w = {t.name: np.array(numpy_helper.to_array(t)) for t in model.graph.initializer}
         blocks = sum(1 for k in w if k.endswith(".ln.weight"))
         d_model, d_ff = w["blocks.0.fc1.weight"].shape

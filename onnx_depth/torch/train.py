@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
+
 __all__ = ["seed_everything", "train_classifier", "accuracy", "onnx_accuracy"]
 
 
@@ -61,8 +63,6 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 5
 def onnx_accuracy(model, x: np.ndarray, y: np.ndarray, *, optimization: str = "disabled") -> float:
     """Top-1 accuracy of an ONNX classifier (one input, first output = logits) run by onnxruntime
     through onnx_depth.runtime; a static batch size B is fed B samples at a time."""
-    from .. import runtime
-
     sess = runtime.make_session(model, optimization=optimization)
     spec = runtime.input_specs(sess)[0]
     b = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else 256

@@ -31,6 +31,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..shapes import input_specs
+from .real import RealAssetMissing, package_dir, ppocr_model
+
 EXPORT_OPSET = 17
 NUDENET_PIP = "pip install --no-deps nudenet==3.4.2"
 
@@ -71,8 +74,6 @@ def export_path(name: str) -> Path:
 
 
 def _shipped(name: str) -> Path:
-    from .real import RealAssetMissing, package_dir, ppocr_model
-
     if name == "yolov8n":
         path = package_dir("nudenet") / "320n.onnx"
         if not path.is_file():
@@ -213,8 +214,6 @@ def _export(name: str, path: Path) -> None:
 
 def symbolic_dims(name: str) -> dict[str, tuple]:
     """{input: dims} of corpus model `name` as exported (str / None: symbolic)."""
-    from ..shapes import input_specs
-
     return {s.name: s.dims for s in input_specs(export_path(name))}
 
 

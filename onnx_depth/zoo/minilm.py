@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from .real import RealAssetMissing, package_dir
 
@@ -150,8 +151,6 @@ def static_copy(model: onnx.ModelProto, batch: int, seq: int) -> onnx.ModelProto
 def _shapes_from_ort(m: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Replace the value_info of `m` by the shapes onnxruntime computes on `feed` (ONNX shape
     inference loses the batch through the exporter's Shape/Expand position-id subgraph)."""
-    import onnxruntime as ort
-
     inner = [o for n in m.graph.node for o in n.output if o and o not in {v.name for v in m.graph.output}]
     probe = onnx.ModelProto()
     probe.CopyFrom(m)

@@ -18,9 +18,7 @@ def _basic(b: Builder, x: str, p: str, cin: int, planes: int, stride: int) -> tu
     h = b.conv_bn(x, cin, planes, 3, stride=stride, conv=f"{p}.conv1", bn=f"{p}.bn1")
     h = b.relu(h, f"{p}.relu1")
     h = b.conv_bn(h, planes, planes, 3, conv=f"{p}.conv2", bn=f"{p}.bn2", gain=RESIDUAL_GAIN)
-    idn = _downsample(b, x, p, cin, planes, stride)
-    h = b.node("Add", f"{p}.add", [h, idn])
-    return b.relu(h, f"{p}.relu2"), planes
+    return _add_residual(b, h, x, p, cin, planes, stride, relu=f"{p}.relu2"), planes
 
 
 def _bottleneck(b: Builder, x: str, p: str, cin: int, planes: int, stride: int) -> tuple[str, int]:
@@ -30,9 +28,13 @@ def _bottleneck(b: Builder, x: str, p: str, cin: int, planes: int, stride: int) 
     h = b.conv_bn(h, planes, planes, 3, stride=stride, conv=f"{p}.conv2", bn=f"{p}.bn2")
     h = b.relu(h, f"{p}.relu2")
     h = b.conv_bn(h, planes, cout, 1, conv=f"{p}.conv3", bn=f"{p}.bn3", gain=RESIDUAL_GAIN)
+    return _add_residual(b, h, x, p, cin, cout, stride, relu=f"{p}.relu3"), cout
+
+
+def _add_residual(b: Builder, h: str, x: str, p: str, cin: int, cout: int, stride: int, relu: str) -> str:
+    """relu(h + x), x downsampled when the block changes the resolution or the width."""
     idn = _downsample(b, x, p, cin, cout, stride)
-    h = b.node("Add", f"{p}.add", [h, idn])
-    return b.relu(h, f"{p}.relu3"), cout
+    return b.relu(b.node("Add", f"{p}.add", [h, idn]), relu)
 
 
 def _downsample(b: Builder, x: str, p: str, cin: int, cout: int, stride: int) -> str:

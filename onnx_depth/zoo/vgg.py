@@ -22,7 +22,7 @@ def adaptive_pool_matrix(n: int, out: int) -> np.ndarray:
     return a
 
 
-def _adaptive_avgpool7(b: Builder, x: str, s: int) -> str:
+def adaptive_avgpool7(b: Builder, x: str, s: int) -> str:
     """AdaptiveAvgPool2d(7) on an s x s map: nothing if s == 7, AveragePool if 7 divides s,
     else the exact pooling matrices applied by two MatMuls."""
     if s == 7:
@@ -50,7 +50,7 @@ def vgg_bn(depth: int, *, bn: str = "keep", seed: int = 0, batch: int = 1, image
             c, idx = v, idx + 3
     if s < 1:
         raise ValueError(f"image_size {image_size} too small for VGG (needs >= 32)")
-    x = _adaptive_avgpool7(b, x, s)
+    x = adaptive_avgpool7(b, x, s)
     x = b.node("Flatten", "flatten", [x], axis=1)
     x = b.relu(b.gemm(x, c * 49, 4096, name="classifier.0"), "classifier.1")
     x = b.relu(b.gemm(x, 4096, 4096, name="classifier.3"), "classifier.4")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnx_depth.latency_db.commands import register, run
+from onnx_depth.cli.db import register, run
 from onnx_depth.latency_db.store import SCHEMA_VERSION, Entry, LatencyStore
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from onnx_depth import runtime
 from onnx_depth.latency_db.fingerprint import current
-from onnx_depth.latency_db.profile import measure
+from onnx_depth.latency_db.lookup import measure
 from onnx_depth.latency_db.store import LatencyStore
 from onnx_depth.latency_db.timer import floor_model, interleaved_ab, time_model
 

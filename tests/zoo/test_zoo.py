@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from onnx_depth import compare, runtime
 from onnx_depth.zoo import NAMES, build
 from onnx_depth.zoo._builder import Builder
-from onnx_depth.zoo.vgg import _adaptive_avgpool7
+from onnx_depth.zoo.vgg import adaptive_avgpool7
 
 SIZE = 64  # the exact image size does not matter for these checks; parameter counts do not depend on it
 
@@ -192,7 +192,7 @@ def _torch_adaptive_avgpool(x: np.ndarray, out: int) -> np.ndarray:
 @pytest.mark.parametrize("s,op", [(7, None), (14, "AveragePool"), (21, "AveragePool"), (1, "MatMul"), (2, "MatMul"), (10, "MatMul")])
 def test_vgg_adaptive_avgpool(s, op):
     b = Builder()
-    y = _adaptive_avgpool7(b, "input", s)
+    y = adaptive_avgpool7(b, "input", s)
     y = b.node("Identity", "id", [y])
     m = b.model(y, [2, 3, s, s], [2, 3, 7, 7], "pool")
     onnx.checker.check_model(m, full_check=True)

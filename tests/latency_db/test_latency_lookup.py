@@ -1,4 +1,4 @@
-"""latency_db.profile.measure_group: several models timed interleaved, each stored."""
+"""latency_db.lookup.measure_group: several models timed interleaved, each stored."""
 
 from __future__ import annotations
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import onnx
 
 from .fingerprint import Fingerprint
 from .signature import describe, signature
-from .store import Entry, LatencyStore
-from .timer import time_model
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .timer import Comparison
+from .entry import Entry
+from .store import LatencyStore
+from .timer import InterleavedTiming, interleaved_ab, time_model
 
 
 def measure(store: LatencyStore, model: onnx.ModelProto, fingerprint: Fingerprint, *,
@@ -36,7 +34,7 @@ def measure(store: LatencyStore, model: onnx.ModelProto, fingerprint: Fingerprin
 
 def measure_group(store: LatencyStore, models: "dict[str, onnx.ModelProto]", fingerprint: Fingerprint,
                   *, store_only: "set[str] | None" = None, round_ms: "dict[str, list[float]] | None" = None,
-                  timer: "Callable[..., Comparison] | None" = None, **timer_kw: Any) -> dict[str, Entry]:
+                  timer: "Callable[..., InterleavedTiming] | None" = None, **timer_kw: Any) -> dict[str, Entry]:
     """Time several models together (timer.interleaved_ab: rotating rounds in one process, each
     with its own call-overhead floor) and store each under its signature (only those in
     `store_only`, if given). `models` maps signature -> model; returns signature -> entry for
@@ -46,8 +44,6 @@ def measure_group(store: LatencyStore, models: "dict[str, onnx.ModelProto]", fin
     round. `timer` replaces `timer.interleaved_ab` (same signature and result), e.g.
     `cluster.timing.RemoteTimer.interleaved_ab`, which times the group on a target device (then
     `fingerprint` must be that device's). The group's rows are written in one transaction."""
-    from .timer import interleaved_ab
-
     for k in ("threads", "provider", "provider_options", "optimization"):
         if k in timer_kw:
             raise TypeError(f"{k} comes from the fingerprint; do not pass it to measure_group()")
