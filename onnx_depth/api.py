@@ -18,7 +18,8 @@ from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel
 from .ir.importer import infer_shapes
 from .latency_db.fingerprint import current
 from .passes import LOSSLESS, PassContext, run_to_fixed_point
-from .planning.budget import BudgetPlanner, ErrorBound
+from .planning.budget import BudgetPlanner
+from .planning.objectives import ErrorBound
 from .planning.fidelity_guard import fidelity_warning, judge, looks_like_classifier
 from .report import Report, environment
 from .shapes import strip_value_info

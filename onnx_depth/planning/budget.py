@@ -80,7 +80,7 @@ class BudgetPlanner:
                  fingerprint=None, measure_group=None, measure_ab=None, evaluate=None) -> None:
         """The last four are the hooks of a remote target (onnx_depth.cluster): `fingerprint` to
         look latencies up under, `measure_group` to time profile groups (profiler), `measure_ab`
-        (original, candidate, rounds=) -> the timer's Comparison for the end-to-end check, and
+        (original, candidate, rounds=) -> the timer's InterleavedTiming for the end-to-end check, and
         `evaluate` to run importance candidates (planning.importance). None: all here."""
         if fingerprint is None and provider not in ort.get_available_providers():
             raise InputError(f"provider {provider!r} is not available; one of {', '.join(ort.get_available_providers())}")
