@@ -36,11 +36,14 @@ def analyze_activations(
     Without calibration data only the data-free criteria (BN statistics, PReLU slopes) apply.
     """
     from .analysis.calibration import load_calibration
-    from .analysis.report import activation_report
+    from .analysis.activation_report import activation_report
+    from .planning.activation_fidelity import annotate_report
 
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     cal = None if calibration is None else load_calibration(calibration, ir.read_model(source)[0])
-    return activation_report(source, cal, tol=tol, tau=tau, estimate_fidelity=estimate_fidelity, threads=threads)
+    decisions: dict = {}
+    rows = activation_report(source, cal, tol=tol, tau=tau, threads=threads, record=decisions)
+    return annotate_report(rows, source, cal, decisions=decisions, estimate=estimate_fidelity, threads=threads)
 
 
 @dataclass
@@ -199,7 +202,7 @@ def optimize(
         warnings += outcome.warnings
     else:
         if cal is not None and not lossless:
-            from .analysis.pipeline import calibrated_rewrites
+            from .passes.calibrated import calibrated_rewrites
 
             results += calibrated_rewrites(graph, cal)
         results += run_to_fixed_point(graph, LOSSLESS, PassContext(lossless=True))

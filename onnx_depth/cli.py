@@ -152,7 +152,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     _print_stats(stats, False)
     if rows is not None:
-        from .analysis.report import render_table
+        from .analysis.activation_report import render_table
 
         print()
         print(render_table(rows))

@@ -38,7 +38,7 @@ def ndtr(x):
 
 from ..ir import Graph
 from ..ir.patterns import is_op
-from ..passes.layer_io import read_bn, read_conv, read_dense
+from .layer_unit import read_bn, read_conv, read_dense
 from .activations import REGIONS, ActivationSite
 from .stats import TensorStats
 
@@ -49,6 +49,7 @@ __all__ = [
     "layercollapse_criterion",
     "exact_criterion",
     "decide",
+    "constant_channels",
     "STATES",
     "DEFAULT_TAU",
 ]
@@ -381,3 +382,26 @@ def decide(
     dec.state[m] = ex.state[m]
     dec.exact = dec.exact | m
     return dec
+
+
+def constant_channels(site: ActivationSite, decision, *, exact_only: bool = False) -> dict[int, float]:
+    """{channel: constant output} for channels whose state is OFF or SAT (and NEG with slope 0)."""
+    C = decision.channels
+    out: dict[int, float] = {}
+    for c in range(C):
+        if exact_only and not decision.exact[c]:
+            continue
+        st = decision.state[c]
+        region = {"OFF": "below", "SAT": "above"}.get(st)
+        if st == "NEG":
+            a = site.channel_vector(site.params["alpha"], C)[c]
+            if a == 0:
+                out[c] = 0.0
+            continue
+        if region is None:
+            continue
+        s, t = site.region_map(region)
+        if site.channel_vector(s, C)[c] != 0:
+            continue
+        out[c] = float(site.channel_vector(t, C)[c])
+    return out

@@ -19,6 +19,8 @@ dtype ONNX models use; inputs may be any float dtype. Unsupported configurations
 
 from .bn_fold import (
     BnBeforeResult,
+    affine_after_bn,
+    affine_before_bn,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
     fold_bn_after_gemm,
@@ -26,6 +28,7 @@ from .bn_fold import (
     fold_bn_before_conv,
     fold_bn_before_gemm,
     fold_bn_before_matmul,
+    scale_conv_outputs,
 )
 from .conv_compose import MergeResult, Tier, border_correction, compose, exactness, merge
 from .conv_spec import OUT_DTYPE, ConvSpec, pads_from_auto_pad, to_block_dense, to_dense
@@ -51,6 +54,8 @@ __all__ = [
     "Tier",
     "add_identity",
     "add_parallel",
+    "affine_after_bn",
+    "affine_before_bn",
     "affine_from_bn",
     "border_correction",
     "compose",
@@ -70,6 +75,7 @@ __all__ = [
     "from_matmul",
     "merge",
     "pads_from_auto_pad",
+    "scale_conv_outputs",
     "to_block_dense",
     "to_dense",
     "to_gemm",

@@ -46,13 +46,20 @@ def _check_channels(s: np.ndarray, n: int, what: str) -> None:
 # ----- BN after ---------------------------------------------------------------------------------
 
 
-def fold_bn_after_conv(spec: ConvSpec, scale, bias, mean, var, eps: float = 1e-5) -> ConvSpec:
-    """Conv -> BN as one Conv: W' = s[o] W[o], b' = s*b + t (any groups)."""
-    s, t = affine_from_bn(scale, bias, mean, var, eps)
+def scale_conv_outputs(spec: ConvSpec, s, t) -> ConvSpec:
+    """A per-output-channel affine map y_o = s_o conv(x)_o + t_o as one Conv: W'[o] = s[o] W[o],
+    b' = s*b + t (any groups). Exact."""
+    s = np.asarray(s, np.float64).reshape(-1)
+    t = np.asarray(t, np.float64).reshape(-1)
     _check_channels(s, spec.out_channels, "conv output")
     w = np.asarray(spec.weight, np.float64) * s.reshape(-1, *([1] * (spec.rank + 1)))
     b = s * spec.bias_or_zeros() + t
     return ConvSpec(w.astype(OUT_DTYPE), b.astype(OUT_DTYPE), spec.strides, spec.dilations, spec.pads, spec.group)
+
+
+def fold_bn_after_conv(spec: ConvSpec, scale, bias, mean, var, eps: float = 1e-5) -> ConvSpec:
+    """Conv -> BN as one Conv: W' = s[o] W[o], b' = s*b + t (any groups)."""
+    return scale_conv_outputs(spec, *affine_from_bn(scale, bias, mean, var, eps))
 
 
 def fold_bn_after_conv_transpose(
@@ -85,26 +92,34 @@ def fold_bn_after_gemm(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gemm -> BN (2-D [N, C]) as one Gemm with alpha = beta = 1, the same transB: returns (B', C')."""
     W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = _affine_after(W, b, scale, bias, mean, var, eps)
+    W2, b2 = affine_after_bn(W, b, scale, bias, mean, var, eps)
     return to_gemm(W2, b2, transB=transB)
 
 
 def fold_bn_after_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """MatMul(x, B) -> BN as MatMul(x, B') + b' (or a Gemm). Only for 2-D activations [N, C]:
     for rank >= 3 ONNX BN normalises axis 1, which is not the weight's output axis (ValueError)."""
+    W, b = affine_after_bn(_matmul_weight(B, activation_rank, "after", "the weight's output (last) axis"), None,
+                           scale, bias, mean, var, eps)
+    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
+
+
+def _matmul_weight(B, activation_rank: int, where: str, axis: str) -> np.ndarray:
+    """B as a float64 2-D weight, or ValueError: BN next to a MatMul folds only on 2-D
+    activations (on [B, T, C] it normalises axis 1, T)."""
     if int(activation_rank) != 2:
         raise ValueError(
-            f"BN after a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
-            "weight's output (last) axis; only 2-D [N, C] activations can be folded"
+            f"BN {where} a MatMul with rank-{activation_rank} activations normalises axis 1, not {axis}; "
+            "only 2-D [N, C] activations can be folded"
         )
     Bm = np.asarray(B, np.float64)
     if Bm.ndim != 2:
         raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
-    W, b = _affine_after(Bm, None, scale, bias, mean, var, eps)
-    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
+    return Bm
 
 
-def _affine_after(W, b, scale, bias, mean, var, eps):
+def affine_after_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Dense y = x @ W + b -> BN on its output (2-D): (W * s, s*b + t) in float64."""
     W = np.asarray(W, np.float64)
     s, t = affine_from_bn(scale, bias, mean, var, eps)
     _check_channels(s, W.shape[1], "layer output")
@@ -170,26 +185,20 @@ def fold_bn_before_gemm(
 ) -> tuple[np.ndarray, np.ndarray]:
     """BN (2-D [N, in]) -> Gemm as one Gemm with alpha = beta = 1, the same transB: (B', C')."""
     W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = _affine_before(W, b, scale, bias, mean, var, eps)
+    W2, b2 = affine_before_bn(W, b, scale, bias, mean, var, eps)
     return to_gemm(W2, b2, transB=transB)
 
 
 def fold_bn_before_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """BN -> MatMul(x, B) as MatMul(x, B') + b'. Only for 2-D activations (ValueError otherwise:
     BN would normalise axis 1, MatMul contracts the last axis)."""
-    if int(activation_rank) != 2:
-        raise ValueError(
-            f"BN before a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
-            "contracted (last) axis; only 2-D [N, C] activations can be folded"
-        )
-    Bm = np.asarray(B, np.float64)
-    if Bm.ndim != 2:
-        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
-    W, b = _affine_before(Bm, None, scale, bias, mean, var, eps)
+    W, b = affine_before_bn(_matmul_weight(B, activation_rank, "before", "the contracted (last) axis"), None,
+                            scale, bias, mean, var, eps)
     return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
 
 
-def _affine_before(W, b, scale, bias, mean, var, eps):
+def affine_before_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """BN (2-D) -> dense y = x @ W + b: (s[:, None] * W, t @ W + b) in float64."""
     W = np.asarray(W, np.float64)
     s, t = affine_from_bn(scale, bias, mean, var, eps)
     _check_channels(s, W.shape[0], "layer input")

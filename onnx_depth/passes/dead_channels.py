@@ -28,38 +28,16 @@ from typing import Mapping
 import numpy as np
 
 from ..analysis.activations import ActivationSite, find_activations
+from ..analysis.criteria import constant_channels, exact_criterion
 from ..ir import Graph, Node
 from ..ir.patterns import const_or_none, is_op
 from ..kernels import ConvSpec
 from .base import PassContext, PassResult
 from .layer_io import conv_node, dense_nodes, read_bn, read_conv, read_dense
 
-__all__ = ["prune_dead_channels", "constant_channels"]
+__all__ = ["prune_dead_channels"]
 
 _CHANNELWISE = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Dropout")
-
-
-def constant_channels(site: ActivationSite, decision, *, exact_only: bool = False) -> dict[int, float]:
-    """{channel: constant output} for channels whose state is OFF or SAT (and NEG with slope 0)."""
-    C = decision.channels
-    out: dict[int, float] = {}
-    for c in range(C):
-        if exact_only and not decision.exact[c]:
-            continue
-        st = decision.state[c]
-        region = {"OFF": "below", "SAT": "above"}.get(st)
-        if st == "NEG":
-            a = site.channel_vector(site.params["alpha"], C)[c]
-            if a == 0:
-                out[c] = 0.0
-            continue
-        if region is None:
-            continue
-        s, t = site.region_map(region)
-        if site.channel_vector(s, C)[c] != 0:
-            continue
-        out[c] = float(site.channel_vector(t, C)[c])
-    return out
 
 
 def prune_dead_channels(
@@ -77,8 +55,6 @@ def prune_dead_channels(
     (analysis.criteria.exact_criterion). exact_only: ignore non-exact states. ctx.lossless
     implies exact_only. At least `min_keep` channels are kept per layer.
     record: filled with {site name: indices of the kept channels} for every pruned site."""
-    from ..analysis.criteria import exact_criterion
-
     ctx = ctx or PassContext()
     exact_only = exact_only or ctx.lossless
     res = PassResult("dead_channels")

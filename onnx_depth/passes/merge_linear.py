@@ -44,9 +44,9 @@ from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
 from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, float32_blocker, merge
 from ..kernels.conv_reference import conv_apply
-from .base import PassContext, PassResult
 from ..kernels.dense_compose import affine_from_bn
-from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
+from .base import PassContext, PassResult
+from .layer_io import Dense, channel_vector, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
 
 
 def merge_linear(graph: Graph, ctx: PassContext | None = None) -> PassResult:
@@ -109,7 +109,7 @@ class _Chain:
             if C.dtype != np.float32:
                 raise _Stop("the constant added between them is not float32")
             C = np.asarray(C, np.float64)
-            c = _per_channel(C, M.out_channels, M.rank)
+            c = channel_vector(C, M.out_channels, M.rank)
             if c is not None:  # a bias of the merged conv
                 M = ConvSpec(M.weight, M.bias_or_zeros() + c, M.strides, M.dilations, M.pads, M.group)
             elif n is None:
@@ -267,21 +267,6 @@ def chain_kernel(c1: ConvSpec, c2: ConvSpec) -> tuple[int, ...]:
         // gcd(c1.dilations[a], c1.strides[a] * c2.dilations[a]) + 1
         for a in range(c1.rank)
     )
-
-
-def _per_channel(C: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """The per-channel vector c when adding C to an [N, channels, *spatial] tensor adds c[ch]
-    everywhere (shapes (), (1,), (ch, 1.., 1), (1, ch, 1.., 1)); None otherwise."""
-    if C.ndim > rank + 2 or (C.ndim == rank + 2 and C.shape[0] != 1):
-        return None
-    if C.size == 1:
-        return np.full(channels, float(C.reshape(-1)[0]))
-    if C.ndim < rank + 1:
-        return None  # aligns with a spatial axis
-    ch, rest = C.shape[C.ndim - rank - 1], C.shape[C.ndim - rank :]
-    if any(d != 1 for d in rest) or ch not in (1, channels):
-        return None
-    return np.asarray(C, np.float64).reshape(-1).copy()
 
 
 def _as_map(C: np.ndarray, channels: int, n1: tuple[int, ...]) -> np.ndarray | None:
