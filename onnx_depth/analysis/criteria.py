@@ -38,6 +38,7 @@ def ndtr(x):
 
 from ..ir import Graph
 from ..ir.patterns import is_op
+from ..kernels import to_dense
 from .layer_unit import read_bn, read_conv, read_dense
 from .activations import REGIONS, ActivationSite
 from .stats import TensorStats
@@ -229,8 +230,6 @@ def _neighbours(graph: Graph, site: ActivationSite):
     if is_op(p, "Conv"):
         spec, _ = read_conv(graph, p, exclusive=False)
         if spec is not None:
-            from ..kernels import to_dense
-
             d = to_dense(spec)
             W1 = np.asarray(d.weight, np.float64).reshape(d.weight.shape[0], -1)
             b1 = d.bias_or_zeros()
@@ -244,8 +243,6 @@ def _neighbours(graph: Graph, site: ActivationSite):
         if is_op(c, "Conv") and c.inputs[0] == site.output:
             spec, _ = read_conv(graph, c, exclusive=False)
             if spec is not None:
-                from ..kernels import to_dense
-
                 d = to_dense(spec)
                 mats.append(np.asarray(d.weight, np.float64).reshape(d.weight.shape[0], d.weight.shape[1], -1).sum(-1))
         elif is_op(c, "Gemm", "MatMul") and c.inputs[0] == site.output:

@@ -8,8 +8,8 @@ One concept per module, the math in each module's docstring:
   constant ``border_correction`` for CORRECTABLE chains; ``merge`` does all three.
 - ``residual``: x + conv(x) (``add_identity``) and summed parallel convs (``add_parallel``).
 - ``dense_compose``: Gemm/MatMul chains in the canonical y = x @ W + b orientation, BN between.
-- ``bn_fold``: BatchNormalization folded after Conv / ConvTranspose / Gemm / MatMul and before
-  Conv / Gemm / MatMul.
+- ``bn_fold``: BatchNormalization (or any per-channel affine map) folded after Conv /
+  ConvTranspose / a dense layer and before Conv / a dense layer.
 - ``conv_reference``: a float64 numpy Conv used to compute constant maps.
 - ``float32_range``: whether a weight composed in float64 can be written as float32 (finite, in a safe range).
 
@@ -23,18 +23,16 @@ from .bn_fold import (
     affine_before_bn,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
-    fold_bn_after_gemm,
-    fold_bn_after_matmul,
     fold_bn_before_conv,
-    fold_bn_before_gemm,
-    fold_bn_before_matmul,
     scale_conv_outputs,
 )
 from .conv_compose import MergeResult, Tier, border_correction, compose, exactness, merge
 from .conv_spec import OUT_DTYPE, ConvSpec, pads_from_auto_pad, to_block_dense, to_dense
 from .dense_compose import (
+    add_identity_dense,
     affine_from_bn,
     compose_affine,
+    compose_affine64,
     compose_affine_bn,
     compose_chain,
     from_gemm,
@@ -53,6 +51,7 @@ __all__ = [
     "MergeResult",
     "Tier",
     "add_identity",
+    "add_identity_dense",
     "add_parallel",
     "affine_after_bn",
     "affine_before_bn",
@@ -60,17 +59,14 @@ __all__ = [
     "border_correction",
     "compose",
     "compose_affine",
+    "compose_affine64",
     "compose_affine_bn",
     "compose_chain",
     "exactness",
     "float32_blocker",
     "fold_bn_after_conv",
     "fold_bn_after_conv_transpose",
-    "fold_bn_after_gemm",
-    "fold_bn_after_matmul",
     "fold_bn_before_conv",
-    "fold_bn_before_gemm",
-    "fold_bn_before_matmul",
     "from_gemm",
     "from_matmul",
     "merge",

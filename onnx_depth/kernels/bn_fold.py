@@ -8,10 +8,10 @@ After (BN normalises the layer's *output* channels):
 - ConvTranspose, weight [C_in, O/g, *k] (input channels first!), groups g: output channel
   o = j*(O/g) + q of group j comes from W[:, q] restricted to group j's input rows, so
   W'[i, q] = W[i, q] * s[g(i)*(O/g) + q], b' = s*b + t. Exact.
-- Gemm (transA 0, any transB/alpha/beta) or MatMul with a constant 2-D weight, on 2-D activations
-  [N, C]: canonical y = x @ W + b, so W' = W * s (per column), b' = s*b + t. Exact.
-  For MatMul outputs of rank >= 3 ([B, T, C]) ONNX BN normalises axis 1 (T), not the weight's
-  output axis C: not foldable into the weight, ValueError.
+- a dense layer (Gemm / MatMul read into the canonical y = x @ W + b, `dense_compose`) on 2-D
+  activations [N, C]: W' = W * s (per column), b' = s*b + t (``affine_after_bn``). Exact.
+  For outputs of rank >= 3 ([B, T, C]) ONNX BN normalises axis 1 (T), not the weight's output
+  axis C: the caller must not fold it (analysis.layer_unit and passes.fold_bn check the rank).
 
 Before (BN normalises the layer's *input* channels):
 - Conv: conv(s*x + t) = conv' (x) with W'[o, i_loc, u] = W[o, i_loc, u] * s[i], b' = b +
@@ -21,7 +21,8 @@ Before (BN normalises the layer's *input* channels):
   C = conv_nobias(pad0(t const)) - conv_nobias(t const on the padded grid); given the input
   spatial shape we return it and the fold plus "Add C" is exact. ``BnBeforeResult.exact`` says
   whether the folded operator alone is exact.
-- Gemm / MatMul on 2-D activations: W' = s[:, None] * W, b' = t @ W + b. Exact (no padding).
+- a dense layer on 2-D activations: W' = s[:, None] * W, b' = t @ W + b (``affine_before_bn``).
+  Exact (no padding).
 
 All arithmetic is float64; returned arrays are float32.
 """
@@ -35,7 +36,7 @@ import numpy as np
 
 from .conv_reference import constant_border_map
 from .conv_spec import OUT_DTYPE, ConvSpec
-from .dense_compose import affine_from_bn, gemm_to_affine64, to_gemm
+from .dense_compose import affine_from_bn
 
 
 def _check_channels(s: np.ndarray, n: int, what: str) -> None:
@@ -85,37 +86,6 @@ def fold_bn_after_conv_transpose(
     if b0.shape != (O,):
         raise ValueError(f"ConvTranspose bias must have shape ({O},), got {b0.shape}")
     return wg.reshape(w.shape).astype(OUT_DTYPE), (s * b0 + t).astype(OUT_DTYPE)
-
-
-def fold_bn_after_gemm(
-    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gemm -> BN (2-D [N, C]) as one Gemm with alpha = beta = 1, the same transB: returns (B', C')."""
-    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = affine_after_bn(W, b, scale, bias, mean, var, eps)
-    return to_gemm(W2, b2, transB=transB)
-
-
-def fold_bn_after_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """MatMul(x, B) -> BN as MatMul(x, B') + b' (or a Gemm). Only for 2-D activations [N, C]:
-    for rank >= 3 ONNX BN normalises axis 1, which is not the weight's output axis (ValueError)."""
-    W, b = affine_after_bn(_matmul_weight(B, activation_rank, "after", "the weight's output (last) axis"), None,
-                           scale, bias, mean, var, eps)
-    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
-
-
-def _matmul_weight(B, activation_rank: int, where: str, axis: str) -> np.ndarray:
-    """B as a float64 2-D weight, or ValueError: BN next to a MatMul folds only on 2-D
-    activations (on [B, T, C] it normalises axis 1, T)."""
-    if int(activation_rank) != 2:
-        raise ValueError(
-            f"BN {where} a MatMul with rank-{activation_rank} activations normalises axis 1, not {axis}; "
-            "only 2-D [N, C] activations can be folded"
-        )
-    Bm = np.asarray(B, np.float64)
-    if Bm.ndim != 2:
-        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
-    return Bm
 
 
 def affine_after_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
@@ -178,23 +148,6 @@ def fold_bn_before_conv(
         "conv pads its input and the BN shift is non-zero: the folded conv sees the shift on the padding; "
         "exact only with the constant border correction",
     )
-
-
-def fold_bn_before_gemm(
-    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """BN (2-D [N, in]) -> Gemm as one Gemm with alpha = beta = 1, the same transB: (B', C')."""
-    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = affine_before_bn(W, b, scale, bias, mean, var, eps)
-    return to_gemm(W2, b2, transB=transB)
-
-
-def fold_bn_before_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """BN -> MatMul(x, B) as MatMul(x, B') + b'. Only for 2-D activations (ValueError otherwise:
-    BN would normalise axis 1, MatMul contracts the last axis)."""
-    W, b = affine_before_bn(_matmul_weight(B, activation_rank, "before", "the contracted (last) axis"), None,
-                            scale, bias, mean, var, eps)
-    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
 
 
 def affine_before_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:

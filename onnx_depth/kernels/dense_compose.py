@@ -66,7 +66,8 @@ def affine_from_bn(scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarra
     return s, bias - mean * s
 
 
-def _compose64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
+def compose_affine64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
+    """``compose_affine`` without the final float32 cast (for callers that check the range first)."""
     W1, b1, W2, b2 = _f64(W1), _f64(b1), _f64(W2), _f64(b2)
     _check_affine(W1, b1, "layer 1")
     _check_affine(W2, b2, "layer 2")
@@ -83,7 +84,7 @@ def _compose64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
 
 def compose_affine(W1, b1, W2, b2) -> Affine:
     """(x @ W1 + b1) @ W2 + b2 = x @ W + b with W = W1 @ W2, b = b1 @ W2 + b2 (None if both None)."""
-    W, b = _compose64(W1, b1, W2, b2)
+    W, b = compose_affine64(W1, b1, W2, b2)
     return _out(W), _out(b)
 
 
@@ -105,8 +106,25 @@ def compose_chain(layers: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> Aff
     W, b = _f64(layers[0][0]), _f64(layers[0][1])
     _check_affine(W, b, "layer 0")
     for W2, b2 in layers[1:]:
-        W, b = _compose64(W, b, W2, b2)
+        W, b = compose_affine64(W, b, W2, b2)
     return _out(W), _out(b)
+
+
+def add_identity_dense(W, b, scale=None, shift=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """x + (x @ W + b) = x @ (W + I) + b for a square W; with a per-feature identity branch
+    s*x + t instead of x: W + diag(s), b + t. float64."""
+    W, b = _f64(W), _f64(b)
+    _check_affine(W, b, "layer")
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"dense layer is not square: {W.shape}")
+    n = W.shape[0]
+    s = np.ones(n) if scale is None else _f64(scale).reshape(-1)
+    if s.shape != (n,):
+        raise ValueError(f"identity branch has {s.size} channels, the layer {n}")
+    W = W + np.diag(s)
+    if shift is not None:
+        b = (np.zeros(n) if b is None else b) + _f64(shift).reshape(-1)
+    return W, b
 
 
 def from_gemm(B, C=None, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0) -> Affine:

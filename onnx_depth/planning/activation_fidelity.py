@@ -93,7 +93,8 @@ def site_option(cands: Candidates, site: str, *, max_mac_ratio: float | None = N
     if chain is None:
         return None, "not at a junction of a chain of linear layers (Conv / Gemm / MatMul with constant weights and static shapes)"
     if j >= chain.L:
-        return None, f"ends its chain (after {chain.layer(chain.L).name}): no linear layer of the same kind follows"
+        feeds = " + ".join(c.op_type for c in cands.graph.consumers(site)) or "a graph output"
+        return None, f"output feeds {feeds}, not a {chain.kind} layer continuing the chain (a conv chain ends at a Flatten)"
     why = chain.check(j - 1, j + 1)
     if why:
         return None, why
