@@ -36,6 +36,7 @@ from ..analysis.activations import find_activations
 from ..analysis.calibration import as_calibration
 from ..analysis.fidelity import evaluate
 from ..analysis.stats import as_graph
+from ..errors import InputError
 from ..ir import Graph
 from ..ir.exporter import to_proto
 from ..passes import LOSSLESS, PassContext, run_to_fixed_point
@@ -243,7 +244,14 @@ def annotate_report(rows: list[dict], model, calibration=None, *, decisions: Map
     """Fill each activation_report row's "merge" (and with `estimate`, "fidelity") in place."""
     graph = as_graph(model)
     cal = None if calibration is None else as_calibration(calibration, to_proto(graph.copy(), check=False))
-    cands = site_candidates(graph, cal, threads=threads)
+    try:
+        cands = site_candidates(graph, cal, threads=threads)
+    except InputError as e:  # symbolic dims without a value: no shapes to merge at
+        for row in rows:
+            row["merge"] = {"refused": f"no static shapes to plan merges at: {e}"}
+            if estimate:
+                row["fidelity"] = {}
+        return rows
     for row in rows:
         opt, why = site_option(cands, row["site"])
         row["merge"] = {"refused": why} if opt is None else merge_info(cands, opt)
