@@ -92,7 +92,7 @@ def site_option(cands: Candidates, site: str, *, max_mac_ratio: float | None = N
         return None, "removed by the lossless rewrites (exact)"
     chain, j = _junction(cands, site)
     if chain is None:
-        return None, "not at a junction of a chain of linear layers (Conv / Gemm / MatMul with constant weights and static shapes)"
+        return None, "not between two linear layers of a chain (Conv/Gemm/MatMul: constant weights, static shapes)"
     if j >= chain.L:
         feeds = " + ".join(c.op_type for c in cands.graph.consumers(site)) or "a graph output"
         return None, f"output feeds {feeds}, not a {chain.kind} layer continuing the chain (a conv chain ends at a Flatten)"
