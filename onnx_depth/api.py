@@ -11,13 +11,14 @@ import onnx
 from . import compare, diagnostics, ir, metrics, shapes
 from .analysis.calibration import load_calibration, split_fit_validation
 from .analysis.fidelity import evaluate
-from .analysis.pipeline import calibrated_rewrites
-from .analysis.report import activation_report
+from .analysis.activation_report import activation_report
 from .cluster import DEFAULT_TIMEOUT_S, open_cluster
 from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel
-from .ir.importer import infer_shapes
+from .ir.shape_inference import infer_shapes
 from .latency_db.fingerprint import current
 from .passes import LOSSLESS, PassContext, run_to_fixed_point
+from .passes.calibrated import calibrated_rewrites
+from .planning.activation_fidelity import annotate_report
 from .planning.budget import BudgetPlanner
 from .planning.objectives import ErrorBound
 from .planning.fidelity_guard import fidelity_warning, judge, looks_like_classifier
@@ -49,7 +50,9 @@ def analyze_activations(
 
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     cal = None if calibration is None else load_calibration(calibration, ir.read_model(source)[0])
-    return activation_report(source, cal, tol=tol, tau=tau, estimate_fidelity=estimate_fidelity, threads=threads)
+    decisions: dict = {}
+    rows = activation_report(source, cal, tol=tol, tau=tau, threads=threads, record=decisions)
+    return annotate_report(rows, source, cal, decisions=decisions, estimate=estimate_fidelity, threads=threads)
 
 
 @dataclass

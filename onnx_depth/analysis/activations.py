@@ -39,7 +39,7 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.patterns import const_or_none, is_op
-from ..passes.value_range import clip_bounds
+from .value_range import clip_bounds
 
 __all__ = ["ActivationSite", "find_activations", "APPROX_EPS", "REGIONS"]
 

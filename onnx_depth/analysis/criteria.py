@@ -38,7 +38,8 @@ def ndtr(x):
 
 from ..ir import Graph
 from ..ir.patterns import is_op
-from ..passes.layer_io import read_bn, read_conv, read_dense
+from ..kernels import to_dense
+from .layer_unit import read_bn, read_conv, read_dense
 from .activations import REGIONS, ActivationSite
 from .stats import TensorStats
 
@@ -49,6 +50,7 @@ __all__ = [
     "layercollapse_criterion",
     "exact_criterion",
     "decide",
+    "constant_channels",
     "STATES",
     "DEFAULT_TAU",
 ]
@@ -228,8 +230,6 @@ def _neighbours(graph: Graph, site: ActivationSite):
     if is_op(p, "Conv"):
         spec, _ = read_conv(graph, p, exclusive=False)
         if spec is not None:
-            from ..kernels import to_dense
-
             d = to_dense(spec)
             W1 = np.asarray(d.weight, np.float64).reshape(d.weight.shape[0], -1)
             b1 = d.bias_or_zeros()
@@ -243,8 +243,6 @@ def _neighbours(graph: Graph, site: ActivationSite):
         if is_op(c, "Conv") and c.inputs[0] == site.output:
             spec, _ = read_conv(graph, c, exclusive=False)
             if spec is not None:
-                from ..kernels import to_dense
-
                 d = to_dense(spec)
                 mats.append(np.asarray(d.weight, np.float64).reshape(d.weight.shape[0], d.weight.shape[1], -1).sum(-1))
         elif is_op(c, "Gemm", "MatMul") and c.inputs[0] == site.output:
@@ -381,3 +379,26 @@ def decide(
     dec.state[m] = ex.state[m]
     dec.exact = dec.exact | m
     return dec
+
+
+def constant_channels(site: ActivationSite, decision, *, exact_only: bool = False) -> dict[int, float]:
+    """{channel: constant output} for channels whose state is OFF or SAT (and NEG with slope 0)."""
+    C = decision.channels
+    out: dict[int, float] = {}
+    for c in range(C):
+        if exact_only and not decision.exact[c]:
+            continue
+        st = decision.state[c]
+        region = {"OFF": "below", "SAT": "above"}.get(st)
+        if st == "NEG":
+            a = site.channel_vector(site.params["alpha"], C)[c]
+            if a == 0:
+                out[c] = 0.0
+            continue
+        if region is None:
+            continue
+        s, t = site.region_map(region)
+        if site.channel_vector(s, C)[c] != 0:
+            continue
+        out[c] = float(site.channel_vector(t, C)[c])
+    return out

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from .. import api, diagnostics
-from ..analysis.report import render_table
+from ..analysis.activation_report import render_table
 from ..fmt import human
 
 

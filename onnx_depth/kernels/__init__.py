@@ -8,8 +8,8 @@ One concept per module, the math in each module's docstring:
   constant ``border_correction`` for CORRECTABLE chains; ``merge`` does all three.
 - ``residual``: x + conv(x) (``add_identity``) and summed parallel convs (``add_parallel``).
 - ``dense_compose``: Gemm/MatMul chains in the canonical y = x @ W + b orientation, BN between.
-- ``bn_fold``: BatchNormalization folded after Conv / ConvTranspose / Gemm / MatMul and before
-  Conv / Gemm / MatMul.
+- ``bn_fold``: BatchNormalization (or any per-channel affine map) folded after Conv /
+  ConvTranspose / a dense layer and before Conv / a dense layer.
 - ``conv_reference``: a float64 numpy Conv used to compute constant maps.
 - ``float32_range``: whether a weight composed in float64 can be written as float32 (finite, in a safe range).
 
@@ -19,25 +19,21 @@ dtype ONNX models use; inputs may be any float dtype. Unsupported configurations
 
 from .bn_fold import (
     BnBeforeResult,
+    affine_after_bn,
+    affine_before_bn,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
-    fold_bn_after_gemm,
-    fold_bn_after_matmul,
     fold_bn_before_conv,
-    fold_bn_before_gemm,
-    fold_bn_before_matmul,
+    scale_conv_outputs,
 )
 from .conv_compose import MergeResult, Tier, border_correction, compose, exactness, merge
 from .conv_spec import OUT_DTYPE, ConvSpec, pads_from_auto_pad, to_block_dense, to_dense
 from .dense_compose import (
+    add_identity_dense,
     affine_from_bn,
     compose_affine,
-    compose_affine_bn,
-    compose_chain,
-    from_gemm,
-    from_matmul,
-    to_gemm,
-    to_matmul,
+    compose_affine64,
+    gemm_to_affine64,
 )
 from .float32_range import SAFE_MAX, float32_blocker
 from .residual import add_identity, add_parallel
@@ -50,28 +46,24 @@ __all__ = [
     "MergeResult",
     "Tier",
     "add_identity",
+    "add_identity_dense",
     "add_parallel",
+    "affine_after_bn",
+    "affine_before_bn",
     "affine_from_bn",
     "border_correction",
     "compose",
     "compose_affine",
-    "compose_affine_bn",
-    "compose_chain",
+    "compose_affine64",
     "exactness",
     "float32_blocker",
+    "gemm_to_affine64",
     "fold_bn_after_conv",
     "fold_bn_after_conv_transpose",
-    "fold_bn_after_gemm",
-    "fold_bn_after_matmul",
     "fold_bn_before_conv",
-    "fold_bn_before_gemm",
-    "fold_bn_before_matmul",
-    "from_gemm",
-    "from_matmul",
     "merge",
     "pads_from_auto_pad",
+    "scale_conv_outputs",
     "to_block_dense",
     "to_dense",
-    "to_gemm",
-    "to_matmul",
 ]

@@ -8,10 +8,10 @@ After (BN normalises the layer's *output* channels):
 - ConvTranspose, weight [C_in, O/g, *k] (input channels first!), groups g: output channel
   o = j*(O/g) + q of group j comes from W[:, q] restricted to group j's input rows, so
   W'[i, q] = W[i, q] * s[g(i)*(O/g) + q], b' = s*b + t. Exact.
-- Gemm (transA 0, any transB/alpha/beta) or MatMul with a constant 2-D weight, on 2-D activations
-  [N, C]: canonical y = x @ W + b, so W' = W * s (per column), b' = s*b + t. Exact.
-  For MatMul outputs of rank >= 3 ([B, T, C]) ONNX BN normalises axis 1 (T), not the weight's
-  output axis C: not foldable into the weight, ValueError.
+- a dense layer (Gemm / MatMul read into the canonical y = x @ W + b, `dense_compose`) on 2-D
+  activations [N, C]: W' = W * s (per column), b' = s*b + t (``affine_after_bn``). Exact.
+  For outputs of rank >= 3 ([B, T, C]) ONNX BN normalises axis 1 (T), not the weight's output
+  axis C: the caller must not fold it (analysis.layer_unit and passes.fold_bn check the rank).
 
 Before (BN normalises the layer's *input* channels):
 - Conv: conv(s*x + t) = conv' (x) with W'[o, i_loc, u] = W[o, i_loc, u] * s[i], b' = b +
@@ -21,7 +21,8 @@ Before (BN normalises the layer's *input* channels):
   C = conv_nobias(pad0(t const)) - conv_nobias(t const on the padded grid); given the input
   spatial shape we return it and the fold plus "Add C" is exact. ``BnBeforeResult.exact`` says
   whether the folded operator alone is exact.
-- Gemm / MatMul on 2-D activations: W' = s[:, None] * W, b' = t @ W + b. Exact (no padding).
+- a dense layer on 2-D activations: W' = s[:, None] * W, b' = t @ W + b (``affine_before_bn``).
+  Exact (no padding).
 
 All arithmetic is float64; returned arrays are float32.
 """
@@ -35,7 +36,7 @@ import numpy as np
 
 from .conv_reference import constant_border_map
 from .conv_spec import OUT_DTYPE, ConvSpec
-from .dense_compose import affine_from_bn, gemm_to_affine64, to_gemm
+from .dense_compose import affine_from_bn
 
 
 def _check_channels(s: np.ndarray, n: int, what: str) -> None:
@@ -46,13 +47,20 @@ def _check_channels(s: np.ndarray, n: int, what: str) -> None:
 # ----- BN after ---------------------------------------------------------------------------------
 
 
-def fold_bn_after_conv(spec: ConvSpec, scale, bias, mean, var, eps: float = 1e-5) -> ConvSpec:
-    """Conv -> BN as one Conv: W' = s[o] W[o], b' = s*b + t (any groups)."""
-    s, t = affine_from_bn(scale, bias, mean, var, eps)
+def scale_conv_outputs(spec: ConvSpec, s, t) -> ConvSpec:
+    """A per-output-channel affine map y_o = s_o conv(x)_o + t_o as one Conv: W'[o] = s[o] W[o],
+    b' = s*b + t (any groups). Exact."""
+    s = np.asarray(s, np.float64).reshape(-1)
+    t = np.asarray(t, np.float64).reshape(-1)
     _check_channels(s, spec.out_channels, "conv output")
     w = np.asarray(spec.weight, np.float64) * s.reshape(-1, *([1] * (spec.rank + 1)))
     b = s * spec.bias_or_zeros() + t
     return ConvSpec(w.astype(OUT_DTYPE), b.astype(OUT_DTYPE), spec.strides, spec.dilations, spec.pads, spec.group)
+
+
+def fold_bn_after_conv(spec: ConvSpec, scale, bias, mean, var, eps: float = 1e-5) -> ConvSpec:
+    """Conv -> BN as one Conv: W' = s[o] W[o], b' = s*b + t (any groups)."""
+    return scale_conv_outputs(spec, *affine_from_bn(scale, bias, mean, var, eps))
 
 
 def fold_bn_after_conv_transpose(
@@ -80,31 +88,8 @@ def fold_bn_after_conv_transpose(
     return wg.reshape(w.shape).astype(OUT_DTYPE), (s * b0 + t).astype(OUT_DTYPE)
 
 
-def fold_bn_after_gemm(
-    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gemm -> BN (2-D [N, C]) as one Gemm with alpha = beta = 1, the same transB: returns (B', C')."""
-    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = _affine_after(W, b, scale, bias, mean, var, eps)
-    return to_gemm(W2, b2, transB=transB)
-
-
-def fold_bn_after_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """MatMul(x, B) -> BN as MatMul(x, B') + b' (or a Gemm). Only for 2-D activations [N, C]:
-    for rank >= 3 ONNX BN normalises axis 1, which is not the weight's output axis (ValueError)."""
-    if int(activation_rank) != 2:
-        raise ValueError(
-            f"BN after a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
-            "weight's output (last) axis; only 2-D [N, C] activations can be folded"
-        )
-    Bm = np.asarray(B, np.float64)
-    if Bm.ndim != 2:
-        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
-    W, b = _affine_after(Bm, None, scale, bias, mean, var, eps)
-    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
-
-
-def _affine_after(W, b, scale, bias, mean, var, eps):
+def affine_after_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Dense y = x @ W + b -> BN on its output (2-D): (W * s, s*b + t) in float64."""
     W = np.asarray(W, np.float64)
     s, t = affine_from_bn(scale, bias, mean, var, eps)
     _check_channels(s, W.shape[1], "layer output")
@@ -165,31 +150,8 @@ def fold_bn_before_conv(
     )
 
 
-def fold_bn_before_gemm(
-    B, C, scale, bias, mean, var, eps: float = 1e-5, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """BN (2-D [N, in]) -> Gemm as one Gemm with alpha = beta = 1, the same transB: (B', C')."""
-    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    W2, b2 = _affine_before(W, b, scale, bias, mean, var, eps)
-    return to_gemm(W2, b2, transB=transB)
-
-
-def fold_bn_before_matmul(B, scale, bias, mean, var, eps: float = 1e-5, *, activation_rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """BN -> MatMul(x, B) as MatMul(x, B') + b'. Only for 2-D activations (ValueError otherwise:
-    BN would normalise axis 1, MatMul contracts the last axis)."""
-    if int(activation_rank) != 2:
-        raise ValueError(
-            f"BN before a MatMul with rank-{activation_rank} activations normalises axis 1, not the "
-            "contracted (last) axis; only 2-D [N, C] activations can be folded"
-        )
-    Bm = np.asarray(B, np.float64)
-    if Bm.ndim != 2:
-        raise ValueError(f"MatMul weight must be 2-D, got shape {Bm.shape}")
-    W, b = _affine_before(Bm, None, scale, bias, mean, var, eps)
-    return W.astype(OUT_DTYPE), b.astype(OUT_DTYPE)
-
-
-def _affine_before(W, b, scale, bias, mean, var, eps):
+def affine_before_bn(W, b, scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """BN (2-D) -> dense y = x @ W + b: (s[:, None] * W, t @ W + b) in float64."""
     W = np.asarray(W, np.float64)
     s, t = affine_from_bn(scale, bias, mean, var, eps)
     _check_channels(s, W.shape[0], "layer input")

@@ -9,26 +9,27 @@ Composition (nothing nonlinear between):
     (x @ W1 + b1) @ W2 + b2 = x @ (W1 @ W2) + (b1 @ W2 + b2)
 
 BatchNorm between (LayerCollapse), on a 2-D activation [N, C] (channel axis 1 = the layer's output
-axis):  BN(h) = s*h + t with s = scale/sqrt(var + eps), t = bias - mean*s  (``affine_from_bn``), so
+axis):  BN(h) = s*h + t with s = scale/sqrt(var + eps), t = bias - mean*s  (``affine_from_bn``), is
+folded into layer 1 first (``bn_fold.affine_after_bn``: W1 * s, s*b1 + t), then composed:
 
     W = W1 diag(s) W2   (here: (W1 * s) @ W2),   b = (s*b1 + t) @ W2 + b2
 
 which is the notes' W = W2 diag(s) W1, b = W2 (s (b1 - mu) + beta) + b2 in column orientation.
 
+Residual x + (x @ W + b) = x @ (W + I) + b (``add_identity_dense``; a BN identity branch
+s*x + t gives W + diag(s), b + t).
+
 ONNX conversions:
 - Gemm: Y = alpha * A' @ B' + beta * C with A' = A (transA must be 0: a transposed activation is not
   an affine layer on rows), B' = B.T if transB else B. So W = alpha * B', b = beta * C, where C must
   broadcast to [out] without depending on the row (shapes (), (1,), (out,), (1, out), (1, 1)).
-  ``to_gemm`` writes alpha = beta = 1 in the requested transB layout.
 - MatMul x @ B with a constant 2-D B: W = B (activations may be [..., in]); the bias, if any, is a
-  separate Add. A batched (>2-D) constant B is not an affine layer on the last axis: ValueError.
+  separate Add (analysis.layer_unit reads both forms; passes.layer_io writes them).
 
 All arithmetic is float64; returned arrays are float32.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def affine_from_bn(scale, bias, mean, var, eps: float = 1e-5) -> tuple[np.ndarra
     return s, bias - mean * s
 
 
-def _compose64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
+def compose_affine64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
+    """``compose_affine`` without the final float32 cast (for callers that check the range first)."""
     W1, b1, W2, b2 = _f64(W1), _f64(b1), _f64(W2), _f64(b2)
     _check_affine(W1, b1, "layer 1")
     _check_affine(W2, b2, "layer 2")
@@ -83,40 +85,29 @@ def _compose64(W1, b1, W2, b2) -> tuple[np.ndarray, np.ndarray | None]:
 
 def compose_affine(W1, b1, W2, b2) -> Affine:
     """(x @ W1 + b1) @ W2 + b2 = x @ W + b with W = W1 @ W2, b = b1 @ W2 + b2 (None if both None)."""
-    W, b = _compose64(W1, b1, W2, b2)
+    W, b = compose_affine64(W1, b1, W2, b2)
     return _out(W), _out(b)
 
 
-def compose_affine_bn(W1, b1, s, t, W2, b2) -> Affine:
-    """Layer 1 -> per-channel affine (s, t) (e.g. from ``affine_from_bn``) -> layer 2:
-    W = (W1 * s) @ W2, b = (s*b1 + t) @ W2 + b2."""
-    W1, b1, s, t = _f64(W1), _f64(b1), _f64(s).reshape(-1), _f64(t).reshape(-1)
-    _check_affine(W1, b1, "layer 1")
-    if s.shape != (W1.shape[1],) or t.shape != (W1.shape[1],):
-        raise ValueError(f"per-channel affine must have {W1.shape[1]} channels, got {s.shape}, {t.shape}")
-    mid_b = t if b1 is None else s * b1 + t
-    return compose_affine(W1 * s, mid_b, W2, b2)
-
-
-def compose_chain(layers: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> Affine:
-    """Compose a list of canonical (W, b) layers applied left to right."""
-    if not layers:
-        raise ValueError("empty chain")
-    W, b = _f64(layers[0][0]), _f64(layers[0][1])
-    _check_affine(W, b, "layer 0")
-    for W2, b2 in layers[1:]:
-        W, b = _compose64(W, b, W2, b2)
-    return _out(W), _out(b)
-
-
-def from_gemm(B, C=None, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0) -> Affine:
-    """ONNX Gemm's constant B, C and attributes -> canonical (W [in, out], b [out] or None)."""
-    W, b = gemm_to_affine64(B, C, alpha=alpha, beta=beta, transA=transA, transB=transB)
-    return _out(W), _out(b)
+def add_identity_dense(W, b, scale=None, shift=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """x + (x @ W + b) = x @ (W + I) + b for a square W; with a per-feature identity branch
+    s*x + t instead of x: W + diag(s), b + t. float64."""
+    W, b = _f64(W), _f64(b)
+    _check_affine(W, b, "layer")
+    if W.shape[0] != W.shape[1]:
+        raise ValueError(f"dense layer is not square: {W.shape}")
+    n = W.shape[0]
+    s = np.ones(n) if scale is None else _f64(scale).reshape(-1)
+    if s.shape != (n,):
+        raise ValueError(f"identity branch has {s.size} channels, the layer {n}")
+    W = W + np.diag(s)
+    if shift is not None:
+        b = (np.zeros(n) if b is None else b) + _f64(shift).reshape(-1)
+    return W, b
 
 
 def gemm_to_affine64(B, C=None, *, alpha: float = 1.0, beta: float = 1.0, transA: int = 0, transB: int = 0):
-    """``from_gemm`` without the final float32 cast (for callers that keep computing)."""
+    """ONNX Gemm's constant B, C and attributes -> canonical (W [in, out], b [out] or None) in float64."""
     if int(transA):
         raise ValueError("Gemm with transA=1 is not an affine layer on rows; cannot canonicalise")
     B = _f64(B)
@@ -134,26 +125,3 @@ def gemm_to_affine64(B, C=None, *, alpha: float = 1.0, beta: float = 1.0, transA
             )
         b = float(beta) * np.broadcast_to(C.reshape(-1), (n_out,)).copy()
     return W, b
-
-
-def to_gemm(W, b=None, *, transB: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Canonical (W, b) -> ONNX Gemm (B, C) for alpha = beta = 1, transA = 0 and the given transB.
-    C is [out] (None if b is None; ONNX Gemm's C is optional)."""
-    W, b = _f64(W), _f64(b)
-    _check_affine(W, b, "layer")
-    return _out(W.T if int(transB) else W), _out(b)
-
-
-def from_matmul(B) -> np.ndarray:
-    """ONNX MatMul x @ B with constant B -> canonical W (B itself; must be 2-D)."""
-    B = _f64(B)
-    if B.ndim != 2:
-        raise ValueError(f"MatMul weight must be 2-D to be an affine layer on the last axis, got shape {B.shape}")
-    return _out(B)
-
-
-def to_matmul(W) -> np.ndarray:
-    """Canonical W -> MatMul's constant right operand (the bias, if any, goes into an Add)."""
-    W = _f64(W)
-    _check_affine(W, None, "layer")
-    return _out(W)

@@ -22,7 +22,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.patterns import bypass, const_or_none, constant_blocker, is_op, sole_consumer
 from .base import PassContext, PassResult
-from .layer_io import known_shape
+from .layer_io import channel_vector, known_shape
 
 
 def canonicalize(graph: Graph, ctx: PassContext | None = None) -> PassResult:
@@ -138,7 +138,8 @@ def _matmul_add_to_gemm(graph: Graph, mm: Node, res: PassResult) -> None:
     other = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
     b = graph.const(other) if graph.is_constant(other) else None
     n = w.shape[1]
-    if b is None or b.size != n or b.shape not in ((n,), (1, n)) or b.dtype != w.dtype:
+    # the bias rule of analysis.layer_unit (a per-feature vector over the last axis), not a scalar
+    if b is None or b.size != n or b.dtype != w.dtype or channel_vector(b, n, 0) is None:
         return
     gemm = Node("Gemm", [mm.inputs[0], mm.inputs[1], other], [add.outputs[0]], name=graph.fresh_name(mm.name or "gemm"))
     if b.ndim == 2 or graph.uses(other) > 1:

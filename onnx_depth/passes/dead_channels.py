@@ -28,38 +28,16 @@ from typing import Mapping
 import numpy as np
 
 from ..analysis.activations import ActivationSite, find_activations
+from ..analysis.criteria import constant_channels, exact_criterion
 from ..ir import Graph, Node
 from ..ir.patterns import const_or_none, is_op
 from ..kernels import ConvSpec
 from .base import PassContext, PassResult
-from .layer_io import conv_node, dense_nodes, read_bn, read_conv, read_dense
+from .layer_io import conv_node, dense_nodes, read_conv, read_dense, unit_ending_at
 
-__all__ = ["prune_dead_channels", "constant_channels"]
+__all__ = ["prune_dead_channels"]
 
 _CHANNELWISE = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Dropout")
-
-
-def constant_channels(site: ActivationSite, decision, *, exact_only: bool = False) -> dict[int, float]:
-    """{channel: constant output} for channels whose state is OFF or SAT (and NEG with slope 0)."""
-    C = decision.channels
-    out: dict[int, float] = {}
-    for c in range(C):
-        if exact_only and not decision.exact[c]:
-            continue
-        st = decision.state[c]
-        region = {"OFF": "below", "SAT": "above"}.get(st)
-        if st == "NEG":
-            a = site.channel_vector(site.params["alpha"], C)[c]
-            if a == 0:
-                out[c] = 0.0
-            continue
-        if region is None:
-            continue
-        s, t = site.region_map(region)
-        if site.channel_vector(s, C)[c] != 0:
-            continue
-        out[c] = float(site.channel_vector(t, C)[c])
-    return out
 
 
 def prune_dead_channels(
@@ -77,8 +55,6 @@ def prune_dead_channels(
     (analysis.criteria.exact_criterion). exact_only: ignore non-exact states. ctx.lossless
     implies exact_only. At least `min_keep` channels are kept per layer.
     record: filled with {site name: indices of the kept channels} for every pruned site."""
-    from ..analysis.criteria import exact_criterion
-
     ctx = ctx or PassContext()
     exact_only = exact_only or ctx.lossless
     res = PassResult("dead_channels")
@@ -122,42 +98,20 @@ def _prune(graph: Graph, site: ActivationSite, const: dict[int, float]) -> str |
     x = site.input
     if not _only_consumers(graph, x, inside):
         return f"pre-activation {x!r} is read outside the activation"
-    # producer: Conv/Gemm/MatMul, optionally followed by BN
-    bn_node = None
-    p = graph.producer(x)
-    if is_op(p, "BatchNormalization"):
-        bn_node = p
-        bn, why = read_bn(graph, bn_node)
-        if bn is None:
-            return why
-        if graph.uses(bn_node.inputs[0]) != 1 or graph.is_graph_output(bn_node.inputs[0]):
-            return "the BatchNormalization input is read elsewhere"
-        for slot in range(1, 5):
-            if graph.uses(bn_node.inputs[slot]) > 1:
-                return "BatchNormalization parameters are shared"
-        p = graph.producer(bn_node.inputs[0])
-    add_node = None
-    if is_op(p, "Add"):
-        add_node, p, why = _bias_add(graph, p)
-        if add_node is None:
-            return why
-    prod_kind = None
-    if is_op(p, "Conv"):
-        spec1, why = read_conv(graph, p)
-        if spec1 is None:
-            return why
-        if spec1.group != 1:
-            return f"producer {p.label} is a grouped conv (group {spec1.group})"
-        prod_kind = "conv"
-    elif is_op(p, "Gemm", "MatMul"):
-        d1, why = read_dense(graph, p)
-        if d1 is None:
-            return why
-        if d1.y != (bn_node.inputs[0] if bn_node else x) or len(graph.shape(d1.x) or ()) != 2:
-            return f"producer {p.label} is not a 2-D dense layer ending at the activation"
-        prod_kind = "dense"
-    else:
-        return f"producer {p.label if p else x!r} is not a Conv/Gemm/MatMul"
+    # producer: a layer unit (analysis.layer_unit: Conv / Gemm / MatMul [+ bias Add] [+ BN])
+    unit, why = unit_ending_at(graph, x)
+    if unit is None:
+        p = graph.producer(x)
+        return why or f"producer {p.label if p else x!r} is not a Conv/Gemm/MatMul"
+    bn_node, add_node, p, prod_kind = unit.bn_node, unit.bias_add, unit.node, unit.kind
+    if bn_node is not None and any(graph.uses(bn_node.inputs[slot]) > 1 for slot in range(1, 5)):
+        return "BatchNormalization parameters are shared"
+    if add_node is not None and any(graph.uses(t) != 1 for t in add_node.inputs):
+        return f"{add_node.label}: bias Add input is shared"
+    if prod_kind == "conv" and unit.layer.group != 1:
+        return f"producer {p.label} is a grouped conv (group {unit.layer.group})"
+    if prod_kind == "dense" and len(graph.shape(unit.x) or ()) != 2:
+        return f"producer {p.label} is not a 2-D dense layer ending at the activation"
     # channel-wise chain after the activation
     chain: list[Node] = []
     t = site.output
@@ -186,21 +140,14 @@ def _prune(graph: Graph, site: ActivationSite, const: dict[int, float]) -> str |
             return why
         plans.append(plan)
     # ---- all checks passed: rewrite
-    keep = np.array([c for c in range(_channels(graph, site, p, prod_kind)) if c not in const])
+    keep = np.array([c for c in range(unit.channels) if c not in const])
     C = keep.size + len(const)
     prod_nodes = _rewrite_producer(graph, p, prod_kind, bn_node, keep)
-    if add_node is not None:
-        other = add_node.inputs[1] if graph.is_constant(add_node.inputs[1]) else add_node.inputs[0]
-        slot = add_node.inputs.index(other)
-        a = np.asarray(graph.const(other))
-        shp = list(a.shape)
-        ax = [i for i, d in enumerate(shp) if d > 1]
-        flat = a.reshape(-1)[keep]
-        if ax:
-            shp[ax[0]] = keep.size
-        else:
-            shp = [keep.size] + [1] * (len(shp) - 1 - (1 if len(shp) == 4 else 0))
-        graph.set_input(add_node, slot, graph.add_const(flat.reshape(shp).astype(a.dtype), other + ".pruned"))
+    if add_node is not None:  # the per-channel bias, narrowed: shape [k, 1, ..., 1] adds it on axis 1
+        slot = 1 if graph.is_constant(add_node.inputs[1]) else 0
+        rank = unit.layer.rank
+        vec = unit.bias[keep].reshape(keep.size, *([1] * rank)).astype(np.float32)
+        graph.set_input(add_node, slot, graph.add_const(vec, add_node.inputs[slot] + ".pruned"))
         _narrow_shape(graph, add_node.outputs[0], C, keep.size)
     for n in site.nodes:
         if n.op_type == "PRelu":
@@ -217,31 +164,6 @@ def _prune(graph: Graph, site: ActivationSite, const: dict[int, float]) -> str |
     for plan in plans:
         plan(keep, C)
     return None
-
-
-def _bias_add(graph: Graph, add: Node):
-    """(add, conv producer, None) for Conv -> Add(per-channel constant), else (None, None, why)."""
-    for k, cand in enumerate(add.inputs):
-        other = add.inputs[1 - k] if len(add.inputs) == 2 else None
-        q = graph.producer(cand)
-        if other is None or not is_op(q, "Conv") or not graph.is_constant(other):
-            continue
-        if graph.uses(cand) != 1 or graph.is_graph_output(cand) or graph.uses(other) != 1:
-            return None, None, f"{add.label}: bias Add input is shared"
-        a = np.asarray(graph.const(other))
-        C = int(graph.const(q.inputs[1]).shape[0]) if graph.is_constant(q.inputs[1]) else -1
-        big = [d for d in a.shape if d > 1]
-        if a.size != C or len(big) > 1 or (a.ndim >= 3 and a.shape[-2:] != (1, 1)) or a.ndim > 4:
-            return None, None, f"{add.label}: not a per-channel bias of {q.label}"
-        return add, q, None
-    return None, None, f"producer {add.label} is not a Conv + bias Add"
-
-
-def _channels(graph: Graph, site: ActivationSite, p: Node, kind: str) -> int:
-    if kind == "conv":
-        return int(graph.const(p.inputs[1]).shape[0])
-    d, _ = read_dense(graph, p)
-    return int(d.W.shape[1])
 
 
 def _narrow_shape(graph: Graph, tensor: str, C: int, k: int) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from ..ir import Graph
 from ..ir.patterns import bypass, const_or_none
 from .base import PassContext, PassResult
-from .value_range import clip_bounds, value_range
+from ..analysis.value_range import clip_bounds, value_range
 
 
 def exact_activations(graph: Graph, ctx: PassContext | None = None) -> PassResult:

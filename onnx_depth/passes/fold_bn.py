@@ -27,8 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
+from ..ir.patterns import constant_blocker, intermediate_blocker, is_op, sole_consumer
 from ..kernels import (
+    affine_after_bn,
+    affine_before_bn,
     float32_blocker,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
@@ -110,11 +112,10 @@ def _fold_after(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> int:
             if d.y != x or len(graph.shape(x) or ()) != 2:
                 reasons.append(f"{bnode.label}: BN after {prod.label} on activations that are not 2-D [N, C]")
                 return False
-            s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
-            b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
-            if _unsafe(reasons, bnode, d.W * s, s * b0 + t):
+            W, b = affine_after_bn(d.W, d.b, bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, W, b):
                 return False
-            new = dense_nodes(graph, d.W * s, s * b0 + t, d.x, y, prod.name or "gemm")
+            new = dense_nodes(graph, W, b, d.x, y, prod.name or "gemm")
     except ValueError as e:
         reasons.append(f"{bnode.label}: {e}")
         return False
@@ -184,8 +185,6 @@ def _grows(reasons: list[str], bnode: Node, cons: Node, bn: BN, old_bias, new_bi
 
 
 def _conv_transpose_weights(graph: Graph, node: Node):
-    from ..ir.patterns import constant_blocker
-
     for slot in (1, 2):
         why = constant_blocker(graph, node, slot)
         if why:
@@ -237,13 +236,12 @@ def _fold_before(graph: Graph, bnode: Node, bn: BN, reasons: list[str]) -> bool:
             if d is None:
                 reasons.append(why)
                 return False
-            s, t = affine_from_bn(bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
-            b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
-            if _unsafe(reasons, bnode, s[:, None] * d.W, t @ d.W + b0):
+            W, b = affine_before_bn(d.W, d.b, bn.scale, bn.bias, bn.mean, bn.var, bn.eps)
+            if _unsafe(reasons, bnode, W, b):
                 return False
-            if _grows(reasons, bnode, cons, bn, d.b, b0):
+            if _grows(reasons, bnode, cons, bn, d.b, b):
                 return False
-            new = dense_nodes(graph, s[:, None] * d.W, t @ d.W + b0, x, d.y, cons.name or "gemm")
+            new = dense_nodes(graph, W, b, x, d.y, cons.name or "gemm")
             graph.replace_chain([bnode, *d.nodes], new)
             return True
     except ValueError as e:

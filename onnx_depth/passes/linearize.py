@@ -26,7 +26,8 @@ from ..analysis.activations import ActivationSite, find_activations
 from ..ir import Graph, Node
 from ..ir.patterns import bypass
 from .base import PassContext, PassResult
-from .layer_io import conv_node, dense_ending_at, dense_nodes
+from ..kernels import scale_conv_outputs
+from .layer_io import conv_node, dense_nodes, unit_ending_at
 
 __all__ = ["linearize", "replace_with_affine"]
 
@@ -109,31 +110,25 @@ def replace_with_affine(graph: Graph, site: ActivationSite, s: np.ndarray, t: np
 
 
 def _fold_into_producer(graph: Graph, site: ActivationSite, s: np.ndarray, t: np.ndarray, inside: set[int]) -> str | None:
+    """Fold y = s x + t into the layer unit (analysis.layer_unit: Conv / Gemm / MatMul with its
+    bias Add and BatchNormalization) whose output only the activation reads."""
     x = site.input
     if graph.is_graph_output(x) or any(c.id not in inside for c in graph.consumers(x)):
         return None
-    if site.channel_axis == 1:
-        from ..kernels import ConvSpec
-        from .refit import _conv_unit_ending_at
-
-        unit, _ = _conv_unit_ending_at(graph, x)  # Conv [+ BatchNormalization | + bias Add]
-        if unit is not None and unit[0].out_channels == s.size:
-            spec, nodes, cx = unit
-            w = np.asarray(spec.weight, np.float64) * s.reshape(-1, *([1] * (spec.weight.ndim - 1)))
-            b = s * spec.bias_or_zeros() + t
-            new = ConvSpec(w, b, spec.strides, spec.dilations, spec.pads, spec.group)
-            graph.replace_chain([*nodes, *site.nodes], [conv_node(graph, new, cx, site.output, nodes[0].name or "conv")])
-            return f"folded into {nodes[0].label}"
-    d, _ = dense_ending_at(graph, x)
-    if d is not None and d.W.shape[1] == s.size:
-        rank = len(graph.shape(x) or ())
-        axis = site.channel_axis if site.channel_axis >= 0 else rank + site.channel_axis
+    unit, _ = unit_ending_at(graph, x)
+    if unit is None or unit.channels != s.size:
+        return None
+    rank = len(graph.shape(x) or ())
+    axis = site.channel_axis if site.channel_axis >= 0 else rank + site.channel_axis
+    name = unit.node.name or unit.kind
+    if unit.kind == "conv":
+        if axis != 1:
+            return None
+        new = [conv_node(graph, scale_conv_outputs(unit.folded(), s, t), unit.x, site.output, name)]
+    else:
         if rank and axis != rank - 1:
             return None
-        if any(graph.uses(n.outputs[0]) != 1 for n in d.nodes[:-1]):
-            return None
-        b0 = np.zeros(d.W.shape[1]) if d.b is None else d.b
-        new = dense_nodes(graph, d.W * s[None, :], s * b0 + t, d.x, site.output, d.nodes[0].name or "dense")
-        graph.replace_chain([*d.nodes, *site.nodes], new)
-        return f"folded into {d.nodes[0].label}"
-    return None
+        W, b = unit.folded()
+        new = dense_nodes(graph, W * s[None, :], s * (0.0 if b is None else b) + t, unit.x, site.output, name)
+    graph.replace_chain([*unit.nodes, *site.nodes], new)
+    return f"folded into {unit.node.label}"

@@ -42,11 +42,12 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.patterns import intermediate_blocker, is_op, sole_consumer
-from ..kernels import ConvSpec, Tier, add_identity, add_parallel, exactness, float32_blocker, merge
+from ..kernels import (ConvSpec, Tier, add_identity, add_identity_dense, add_parallel, compose_affine64, exactness,
+                       float32_blocker, merge)
 from ..kernels.conv_reference import conv_apply
-from .base import PassContext, PassResult
 from ..kernels.dense_compose import affine_from_bn
-from .layer_io import Dense, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
+from .base import PassContext, PassResult
+from .layer_io import Dense, channel_vector, conv_node, dense_ending_at, dense_nodes, read_bn, read_conv, read_dense, spatial_shape
 
 
 def merge_linear(graph: Graph, ctx: PassContext | None = None) -> PassResult:
@@ -89,7 +90,7 @@ def _next_link(graph: Graph, cn: Node) -> tuple[Node | None, str | None, Node] |
     return None
 
 
-class _Chain:
+class _MergedConvs:
     """conv1 ... convk merged so far: the chain's true output is spec(x) + K (K a constant map on
     spec's output grid, None for zero). Needs the input's spatial shape `sp` for any map."""
 
@@ -109,7 +110,7 @@ class _Chain:
             if C.dtype != np.float32:
                 raise _Stop("the constant added between them is not float32")
             C = np.asarray(C, np.float64)
-            c = _per_channel(C, M.out_channels, M.rank)
+            c = channel_vector(C, M.out_channels, M.rank)
             if c is not None:  # a bias of the merged conv
                 M = ConvSpec(M.weight, M.bias_or_zeros() + c, M.strides, M.dilations, M.pads, M.group)
             elif n is None:
@@ -177,7 +178,7 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     c2, why2 = read_conv(graph, c2n)
     if c1 is None or c2 is None:
         return res.refuse(f"{label}: {why1 or why2}")
-    chain = _Chain(c1, spatial_shape(graph, c1n.inputs[0]))
+    chain = _MergedConvs(c1, spatial_shape(graph, c1n.inputs[0]))
     first_c2 = c2
     first_params = None
     nodes = [c1n]
@@ -250,7 +251,7 @@ def _conv_chain(graph: Graph, c1n: Node, ctx: PassContext, res: PassResult) -> N
     res.details.append(f"merged {count} convs {c1n.label} .. {last.label} -> kernel {spec.kernel_shape}, {tiers}, MACs {b} -> {a}{border}")
 
 
-def _chain_params(graph: Graph, chain: _Chain, nodes: list[Node]) -> tuple[int, int]:
+def _chain_params(graph: Graph, chain: _MergedConvs, nodes: list[Node]) -> tuple[int, int]:
     """(weights + biases of the convs, weights + bias of the merged conv): a lossless merge must
     not make the layers bigger either. The constant border map of a CORRECTABLE merge is not
     counted (it would refuse most of them on real input sizes, e.g. the collapsed inverted
@@ -267,21 +268,6 @@ def chain_kernel(c1: ConvSpec, c2: ConvSpec) -> tuple[int, ...]:
         // gcd(c1.dilations[a], c1.strides[a] * c2.dilations[a]) + 1
         for a in range(c1.rank)
     )
-
-
-def _per_channel(C: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """The per-channel vector c when adding C to an [N, channels, *spatial] tensor adds c[ch]
-    everywhere (shapes (), (1,), (ch, 1.., 1), (1, ch, 1.., 1)); None otherwise."""
-    if C.ndim > rank + 2 or (C.ndim == rank + 2 and C.shape[0] != 1):
-        return None
-    if C.size == 1:
-        return np.full(channels, float(C.reshape(-1)[0]))
-    if C.ndim < rank + 1:
-        return None  # aligns with a spatial axis
-    ch, rest = C.shape[C.ndim - rank - 1], C.shape[C.ndim - rank :]
-    if any(d != 1 for d in rest) or ch not in (1, channels):
-        return None
-    return np.asarray(C, np.float64).reshape(-1).copy()
 
 
 def _as_map(C: np.ndarray, channels: int, n1: tuple[int, ...]) -> np.ndarray | None:
@@ -331,10 +317,7 @@ def _dense_chain(graph: Graph, n1: Node, ctx: PassContext, res: PassResult) -> N
         return res.refuse(f"{label}: {why}")
     if d1.W.shape[1] != d2.W.shape[0]:
         return res.refuse(f"{label}: {d1.W.shape} and {d2.W.shape} do not chain")
-    W = d1.W @ d2.W
-    b = None
-    if d1.b is not None or d2.b is not None:
-        b = (np.zeros(d1.W.shape[1]) if d1.b is None else d1.b) @ d2.W + (0 if d2.b is None else d2.b)
+    W, b = compose_affine64(d1.W, d1.b, d2.W, d2.b)
     # MACs per row of the activation (the rows cancel out, so no static shape is needed)
     before = int(d1.W.size + d2.W.size)
     after = int(W.size)
@@ -456,8 +439,7 @@ def _residual(graph: Graph, add: Node, x: str, layer, res: PassResult, bn=None) 
     if isinstance(L, ConvSpec):
         W, bias = spec.weight, spec.bias
     else:
-        W = L.W + (np.eye(L.W.shape[0]) if s is None else np.diag(s))
-        bias = L.b if t is None else (0 if L.b is None else L.b) + t
+        W, bias = add_identity_dense(L.W, L.b, s, t)
     why = float32_blocker(W, bias, what="fused weights")
     if why:
         return res.refuse(f"{label}: {why}")

@@ -17,7 +17,7 @@ the graph's actual weights, so the operator that is emitted is exactly the one t
   kinds, LayerMerge's linearization) and merges into the layers around it.
 
 On a normally trained network that changes the function, which is why the importance step
-refits the operator on calibration data (passes.refit.OperatorFit).
+refits the operator on calibration data (kernels.lstsq.OperatorFit).
 """
 
 from __future__ import annotations

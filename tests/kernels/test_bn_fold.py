@@ -11,12 +11,11 @@ from onnx_depth.kernels import (
     ConvSpec,
     fold_bn_after_conv,
     fold_bn_after_conv_transpose,
-    fold_bn_after_gemm,
-    fold_bn_after_matmul,
+    affine_after_bn,
+    affine_before_bn,
     fold_bn_before_conv,
-    fold_bn_before_gemm,
-    fold_bn_before_matmul,
 )
+from onnx_depth.kernels.dense_compose import gemm_to_affine64
 
 from .onnx_builders import GraphBuilder, assert_same, conv_chain_model, nchw_map
 from .strategies import rand_bn, rand_conv, seeds
@@ -102,13 +101,13 @@ def test_bn_after_gemm_or_matmul(data, seed, n_in, n_out, batch, eps, use_matmul
     if use_matmul:
         W = B.T.copy() if attrs["transB"] else B
         ref = g.model(g.bn(g.matmul(g.x, W), *bn, eps=eps))
-        W2, b2 = fold_bn_after_matmul(W, *bn, eps, activation_rank=2)
-        cand = c.model(c.add(c.matmul(c.x, W2), b2))
+        W, C = W, None
     else:
         event(f"transB={attrs['transB']}")
         ref = g.model(g.bn(g.gemm(g.x, B, C, **attrs), *bn, eps=eps))
-        B2, C2 = fold_bn_after_gemm(B, C, *bn, eps, **attrs)
-        cand = c.model(c.gemm(c.x, B2, C2, transB=attrs["transB"]))
+        W, C = gemm_to_affine64(B, C, **attrs)
+    W2, b2 = affine_after_bn(W, C, *bn, eps)
+    cand = c.model(c.add(c.matmul(c.x, W2.astype(np.float32)), b2.astype(np.float32)))
     assert_same(ref, cand)
 
 
@@ -123,12 +122,12 @@ def test_bn_before_gemm_or_matmul(data, seed, n_in, n_out, batch, eps, use_matmu
     if use_matmul:
         W = B.T.copy() if attrs["transB"] else B
         ref = g.model(g.matmul(g.bn(g.x, *bn, eps=eps), W))
-        W2, b2 = fold_bn_before_matmul(W, *bn, eps, activation_rank=2)
-        cand = c.model(c.add(c.matmul(c.x, W2), b2))
+        W, C = W, None
     else:
         ref = g.model(g.gemm(g.bn(g.x, *bn, eps=eps), B, C, **attrs))
-        B2, C2 = fold_bn_before_gemm(B, C, *bn, eps, **attrs)
-        cand = c.model(c.gemm(c.x, B2, C2, transB=attrs["transB"]))
+        W, C = gemm_to_affine64(B, C, **attrs)
+    W2, b2 = affine_before_bn(W, C, *bn, eps)
+    cand = c.model(c.add(c.matmul(c.x, W2.astype(np.float32)), b2.astype(np.float32)))
     assert_same(ref, cand)
 
 
@@ -166,15 +165,14 @@ def test_bn_before_conv_padding_reported_and_not_exact_alone():
     assert not compare_models(ref, conv_chain_model([res.spec], shape)).allclose
 
 
-def test_unsupported_matmul_ranks():
+def test_unsupported_shapes():
     rng = np.random.default_rng(0)
     W = rng.standard_normal((4, 5))
-    bn = rand_bn(rng, 5)
-    with pytest.raises(ValueError, match="axis 1"):
-        fold_bn_after_matmul(W, *bn, activation_rank=3)
-    with pytest.raises(ValueError, match="axis 1"):
-        fold_bn_before_matmul(W, *rand_bn(rng, 4), activation_rank=3)
+    with pytest.raises(ValueError, match="channels"):
+        affine_after_bn(W, None, *rand_bn(rng, 4))
+    with pytest.raises(ValueError, match="channels"):
+        affine_before_bn(W, None, *rand_bn(rng, 5))
     with pytest.raises(ValueError, match="channels"):
         fold_bn_after_conv(ConvSpec(np.zeros((3, 2, 1, 1))), *rand_bn(rng, 4))
     with pytest.raises(ValueError, match="transA"):
-        fold_bn_after_gemm(W, None, *bn, transA=1)
+        gemm_to_affine64(W, None, transA=1)

@@ -7,16 +7,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from onnx_depth.kernels import (
-    affine_from_bn,
-    compose_affine,
-    compose_affine_bn,
-    compose_chain,
-    from_gemm,
-    from_matmul,
-    to_gemm,
-    to_matmul,
-)
+from onnx_depth.kernels import add_identity_dense, affine_after_bn, affine_from_bn, compose_affine, compose_affine64, gemm_to_affine64
 
 from .onnx_builders import GraphBuilder, assert_same
 from .strategies import rand_bn, seeds
@@ -44,11 +35,12 @@ def gemm_layer(draw, rng, n_in, n_out):
 
 
 def _emit_canonical(g: GraphBuilder, x: str, W, b, form: str) -> str:
+    W = np.asarray(W, np.float32)
+    b = None if b is None else np.asarray(b, np.float32)
     if form == "matmul":
-        h = g.matmul(x, to_matmul(W))
+        h = g.matmul(x, W)
         return h if b is None else g.add(h, b)
-    B, C = to_gemm(W, b, transB=1 if form == "gemm_t" else 0)
-    return g.gemm(x, B, C, transB=1 if form == "gemm_t" else 0)
+    return g.gemm(x, W.T.copy() if form == "gemm_t" else W, b, transB=1 if form == "gemm_t" else 0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -59,7 +51,7 @@ def test_gemm_gemm(data, seed, n_in, n_mid, n_out, batch, form):
     B2, C2, a2, be2, t2 = data.draw(gemm_layer(rng, n_mid, n_out))
     g = GraphBuilder((batch, n_in))
     ref = g.model(g.gemm(g.gemm(g.x, B1, C1, alpha=a1, beta=be1, transB=t1), B2, C2, alpha=a2, beta=be2, transB=t2))
-    W, b = compose_affine(*from_gemm(B1, C1, alpha=a1, beta=be1, transB=t1), *from_gemm(B2, C2, alpha=a2, beta=be2, transB=t2))
+    W, b = compose_affine(*gemm_to_affine64(B1, C1, alpha=a1, beta=be1, transB=t1), *gemm_to_affine64(B2, C2, alpha=a2, beta=be2, transB=t2))
     assert W.dtype == np.float32 and W.shape == (n_in, n_out)
     c = GraphBuilder((batch, n_in))
     assert_same(ref, c.model(_emit_canonical(c, c.x, W, b, form)))
@@ -78,9 +70,11 @@ def test_matmul_chain(seed, widths, biased, act_rank):
     g = GraphBuilder(shape)
     h = g.x
     for W, b in layers:
-        h = _emit_canonical(g, h, from_matmul(W), b, "matmul")
+        h = _emit_canonical(g, h, W, b, "matmul")
     ref = g.model(h)
-    W, b = compose_chain(layers)
+    W, b = layers[0]
+    for W2, b2 in layers[1:]:
+        W, b = compose_affine64(W, b, W2, b2)
     c = GraphBuilder(shape)
     assert_same(ref, c.model(_emit_canonical(c, c.x, W, b, "matmul")))
 
@@ -97,8 +91,8 @@ def test_gemm_bn_gemm(data, seed, n_in, n_mid, n_out, batch, form):
     g = GraphBuilder((batch, n_in))
     h = g.bn(g.gemm(g.x, B1, C1, alpha=a1, beta=be1, transB=t1), *bn, eps=eps)
     ref = g.model(g.gemm(h, B2, C2, alpha=a2, beta=be2, transB=t2))
-    s, t = affine_from_bn(*bn, eps)
-    W, b = compose_affine_bn(*from_gemm(B1, C1, alpha=a1, beta=be1, transB=t1), s, t, *from_gemm(B2, C2, alpha=a2, beta=be2, transB=t2))
+    W1, b1 = affine_after_bn(*gemm_to_affine64(B1, C1, alpha=a1, beta=be1, transB=t1), *bn, eps)  # what fold_bn does
+    W, b = compose_affine(W1, b1, *gemm_to_affine64(B2, C2, alpha=a2, beta=be2, transB=t2))  # then merge_linear
     event(form)
     c = GraphBuilder((batch, n_in))
     assert_same(ref, c.model(_emit_canonical(c, c.x, W, b, form)))
@@ -107,17 +101,32 @@ def test_gemm_bn_gemm(data, seed, n_in, n_mid, n_out, batch, form):
 def test_converters_and_errors():
     rng = np.random.default_rng(0)
     B = rng.standard_normal((3, 5)).astype(np.float32)
-    W, b = from_gemm(B, None, alpha=2.0, transB=1)
+    W, b = gemm_to_affine64(B, None, alpha=2.0, transB=1)
     assert W.shape == (5, 3) and b is None
     np.testing.assert_allclose(W, 2 * B.T, rtol=1e-6)
-    Bt, C = to_gemm(W, np.ones(3), transB=1)
-    assert Bt.shape == (3, 5) and C.shape == (3,)
     with pytest.raises(ValueError, match="transA"):
-        from_gemm(B, transA=1)
+        gemm_to_affine64(B, transA=1)
     with pytest.raises(ValueError, match="depends on the row"):
-        from_gemm(B, np.zeros((4, 5)))
+        gemm_to_affine64(B, np.zeros((4, 5)))
     with pytest.raises(ValueError, match="2-D"):
-        from_matmul(np.zeros((2, 3, 4)))
+        gemm_to_affine64(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="expects"):
         compose_affine(np.zeros((2, 3)), None, np.zeros((4, 5)), None)
     assert compose_affine(np.eye(2), None, np.eye(2), None)[1] is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(seeds, dims, st.integers(1, 4), st.booleans(), st.booleans())
+def test_residual_dense(seed, n, batch, biased, bn_branch):
+    """x + (x W + b) = x (W + I) + b; BN(x) + (x W + b) = x (W + diag(s)) + b + t."""
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if biased else None
+    bn = rand_bn(rng, n)
+    g = GraphBuilder((batch, n))
+    branch = g.bn(g.x, *bn) if bn_branch else g.x
+    ref = g.model(g.add(branch, _emit_canonical(g, g.x, W, b, "matmul")))
+    s, t = affine_from_bn(*bn) if bn_branch else (None, None)
+    W2, b2 = add_identity_dense(W, b, s, t)
+    c = GraphBuilder((batch, n))
+    assert_same(ref, c.model(_emit_canonical(c, c.x, W2, b2, "matmul")))

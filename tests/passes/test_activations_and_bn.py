@@ -9,7 +9,7 @@ import pytest
 
 from onnx_depth import ir
 from onnx_depth.passes import PassContext, fold_bn
-from onnx_depth.passes.value_range import value_range
+from onnx_depth.analysis.value_range import value_range
 
 from .builders import ModelBuilder, assert_same, check_lossless, feeds_for, op_counts, rand_bn, rand_conv, refusals
 

@@ -11,7 +11,7 @@ from onnx_depth import ir, runtime
 from onnx_depth.analysis.stats import with_outputs
 from onnx_depth.ir import Node
 from onnx_depth.ir.exporter import to_proto
-from onnx_depth.passes.refit import OperatorFit
+from onnx_depth.kernels.lstsq import OperatorFit
 from onnx_depth.kernels import ConvSpec
 from onnx_depth.kernels.conv_reference import conv_apply
 from onnx_depth.planning import candidates

@@ -9,6 +9,10 @@
   region; dead_channels: channels whose output is constant (prunable);
 * tlc: data-free BN criterion (counts, mean P_OFF) when a BatchNormalization precedes it;
   layercollapse: slope criterion, paper bound C (1-a)^2 and the measured error, for Leaky/PReLU;
+
+Filled in by ``planning.activation_fidelity.annotate_report`` (analysis does not know about
+merges or rewrites):
+
 * merge: the linear -> act -> linear segment it would enable (kind, merged operator, MACs
   before/after per sample) or the reason there is none;
 * fidelity (``estimate_fidelity=True``): the model with only this activation changed, compared
@@ -28,10 +32,10 @@ from .. import ir
 from ..fmt import human, shorten
 from .activations import REGIONS, find_activations
 from .calibration import as_calibration
-from .criteria import DEFAULT_TAU, decide, layercollapse_criterion, tlc_criterion
+from .criteria import DEFAULT_TAU, constant_channels, decide, layercollapse_criterion, tlc_criterion
 from .stats import ActivationStats, as_graph, collect_stats
 
-__all__ = ["activation_report", "render_table"]
+__all__ = ["activation_report", "fidelity_cell", "render_table"]
 
 
 def _counts(dec) -> dict:
@@ -44,32 +48,20 @@ def activation_report(
     *,
     tol: float = 0.0,
     tau: float = DEFAULT_TAU,
-    evaluation=None,
-    estimate_fidelity: bool = False,
     stats: ActivationStats | None = None,
     threads: int | None = None,
-    ridge: float = 1e-3,
+    record: dict | None = None,
 ) -> list[dict]:
-    """One dict per activation (see module docstring). calibration: path / Calibration / arrays
-    (None: data-free criteria only). evaluation: data for the fidelity estimates (default: the
-    calibration data itself, i.e. in-sample)."""
-    from ..passes.linearize import linearize
-    from ..passes.refit import _naive, find_segment, merged_geometry, refit, segment_macs
-    from .fidelity import evaluate
-
+    """One dict per activation (see module docstring; "merge" and "fidelity" are filled by
+    planning.activation_fidelity). calibration: path / Calibration / arrays (None: data-free
+    criteria only). record: filled with {site name: Decision} for every site with one."""
     graph = as_graph(model).copy()
     sites = find_activations(graph)
-    segs = {}
-    for s in sites:
-        seg, why = find_segment(graph, s)
-        segs[s.name] = (seg, why)
     proto = ir.to_proto(graph.copy(), check=False)
     cal = as_calibration(calibration, proto) if calibration is not None else None
     if stats is None and cal is not None:
-        extra = {seg.x: 1 for seg, _ in segs.values() if seg is not None}
-        stats = collect_stats(graph, cal, sites=sites, extra=extra, threads=threads)
+        stats = collect_stats(graph, cal, sites=sites, threads=threads)
     rows: list[dict] = []
-    decisions = {}
     for s in sites:
         st = stats.for_site(s) if stats is not None else None
         dec = decide(graph, s, stats=st, tol=tol, tau=tau)
@@ -87,9 +79,8 @@ def activation_report(
             "dead_channels": None,
         }
         if dec is not None:
-            decisions[s.name] = dec
-            from ..passes.dead_channels import constant_channels
-
+            if record is not None:
+                record[s.name] = dec
             row["dead_channels"] = len(constant_channels(s, dec))
             mapped = [r for r in REGIONS if s.region_map(r) is not None]
             if mapped:
@@ -103,51 +94,12 @@ def activation_report(
             lc, _ = layercollapse_criterion(graph, s, tau, st)
             if lc is not None:
                 row["layercollapse"] = {"counts": _counts(lc), **{k: v for k, v in lc.info.items() if not isinstance(v, np.ndarray)}}
-        seg, why = segs[s.name]
-        if seg is None:
-            row["merge"] = {"refused": why}
-        else:
-            m = {"kind": seg.kind}
-            xs = graph.static_shape(seg.x)
-            if xs is None and stats is not None and seg.x in stats.extra and stats.extra[seg.x].sample_shape:
-                xs = (1, *stats.extra[seg.x].sample_shape)
-            try:
-                if seg.kind == "conv_flatten":
-                    C = seg.l1.out_channels
-                    merged = _naive(seg, np.ones(C), np.zeros(C), graph)
-                else:
-                    merged = merged_geometry(seg)
-                if seg.kind == "conv":
-                    m["merged"] = f"Conv {list(merged.kernel_shape)} {merged.in_channels}->{merged.out_channels} g{merged.group}"
-                else:
-                    m["merged"] = ", ".join(f"Gemm {W.shape[0]}->{W.shape[1]}" for W, _ in merged)
-                if xs is not None:
-                    before, after = segment_macs(seg, xs, merged)
-                    m["macs_before"], m["macs_after"] = before, after
-            except ValueError as e:
-                m["error"] = str(e)
-            row["merge"] = m
         rows.append(row)
-    if estimate_fidelity and cal is not None:
-        ev = as_calibration(evaluation, proto) if evaluation is not None else cal
-        for row in rows:
-            name = row["site"]
-            fid: dict = {}
-            if name in decisions:
-                g1 = graph.copy()
-                r = linearize(g1, decisions=decisions, force={name})
-                if r.changed:
-                    fid["naive"] = _fid(evaluate(proto, ir.to_proto(g1, check=False), ev, threads=threads))
-            if segs[name][0] is not None:
-                g2 = graph.copy()
-                rr = refit(g2, cal, sites={name}, decisions=decisions, reference=proto, ridge=ridge, threads=threads)
-                if rr.result.changed:
-                    fid["refit"] = _fid(evaluate(proto, ir.to_proto(g2, check=False), ev, threads=threads))
-            row["fidelity"] = fid
     return rows
 
 
-def _fid(f) -> dict:
+def fidelity_cell(f) -> dict:
+    """The "fidelity" entry of a row for one analysis.fidelity.Fidelity."""
     return {"top1_agreement": f.top1_agreement, "nmse": f.nmse, "max_abs": f.comparison.max_abs}
 
 
