@@ -6,9 +6,11 @@ Methods (all through `BudgetPlanner`, the code path of `optimize --latency-budge
 * **new**: calibration split into fit / validation (`split_fit_validation`: a quarter held back
   in contiguous blocks = whole photos), operators fitted on the fit part with the estimator
   chosen on the validation part (`kernels.lstsq.select`), importance measured on the validation
-  part, the chosen plan refit sequentially (`planning.sequential_refit`) and re-planned on its
-  measured fidelity when below the floor (`planning.replan`);
-* variants of new with one ingredient off (`new - sequential`, `new - replan`), to see what each buys;
+  part, the chosen plan refit sequentially (`planning.sequential_refit`, with PRACTISE-style
+  adaptors where a layer is dropped, `planning.adaptor`) and re-planned on its measured fidelity
+  when below the floor (`planning.replan`);
+* variants of new with one ingredient off (`new - adaptor`, `new - sequential`, `new - replan`),
+  to see what each buys;
 * **current**: the method before issue 17: the whole calibration set fitted on (fixed ridge 1e-3
   toward the naive merge, a few sampled rows per unknown, parallel refit) and the reported
   fidelity measured on the same samples;
@@ -58,15 +60,17 @@ from onnx_depth.analysis.calibration import from_arrays, split_fit_validation  #
 from onnx_depth.analysis.fidelity import evaluate  # noqa: E402
 from onnx_depth.passes import LOSSLESS, PassContext, run_to_fixed_point  # noqa: E402
 from onnx_depth.planning.budget import BudgetPlanner  # noqa: E402
+from onnx_depth.planning import sequential_refit  # noqa: E402
 from onnx_depth.planning.fidelity_guard import FidelityWarning  # noqa: E402
 
 BUDGETS = (0.95, 0.9, 0.85, 0.8)
 METHODS = {
-    "new": dict(data=True, split=True, sequential=True, replan=True),
-    "new - sequential": dict(data=True, split=True, sequential=False, replan=True),
-    "new - replan": dict(data=True, split=True, sequential=True, replan=False),
-    "current": dict(data=True, split=False, sequential=False, replan=False),
-    "naive": dict(data=False, split=False, sequential=False, replan=False),
+    "new": dict(data=True, split=True, sequential=True, replan=True, adaptor=True),
+    "new - adaptor": dict(data=True, split=True, sequential=True, replan=True, adaptor=False),
+    "new - sequential": dict(data=True, split=True, sequential=False, replan=True, adaptor=False),
+    "new - replan": dict(data=True, split=True, sequential=True, replan=False, adaptor=True),
+    "current": dict(data=True, split=False, sequential=False, replan=False, adaptor=False),
+    "naive": dict(data=False, split=False, sequential=False, replan=False, adaptor=False),
 }
 CACHE = HERE / ".cache"
 DB = CACHE / "latency_fidelity_real.sqlite"
@@ -204,7 +208,8 @@ class Result:
     seconds: float = 0.0
 
 
-def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan: bool):
+def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan: bool, adaptor: bool):
+    sequential_refit.ADAPTORS = adaptor  # planning.adaptor in the sequential refit
     graph = ir.load(task.model)
     original_graph = graph.copy()
     proto = ir.to_proto(graph.copy(), check=False)
@@ -330,7 +335,7 @@ def write(key: str, res: Result, methods, args, total: float, partial: bool = Fa
     intro = (
         f"Top-1 agreement with the original on data the tool never saw (threads={THREADS}, CPU, machine shared "
         "with other jobs: latency ratios carry a few % noise). **new**: fit/validation split, estimator chosen on "
-        "validation, importance on validation, sequential refit, measured re-planning; **new - X**: new without X; "
+        "validation, importance on validation, sequential refit with adaptors where a layer is dropped, measured re-planning; **new - X**: new without X; "
         "**current**: the method before issue 17 (fit and reported fidelity on the same samples); **naive**: "
         "data-free. *reported* is the agreement the tool reports (new: validation part; current: the fitted samples). "
         f"Plot: `benchmarks/{png.name}`. Run {total:.0f}s" + (" (PARTIAL: run still in progress or interrupted)." if partial else "."))
