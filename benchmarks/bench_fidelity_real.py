@@ -79,11 +79,13 @@ METHODS = {
 CACHE = HERE / ".cache"
 DB = CACHE / "latency_fidelity_real.sqlite"
 THREADS = 1
+SAVE: Path | None = None
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 NATURAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "sklearn:china.jpg",
                   "sklearn:flower.jpg", "matplotlib:grace_hopper.jpg")  # motorcycle_right: same scene as _left
 FOOLBOX_CALIB = 8  # the first 8 foolbox ImageNet photos (name order) calibrate, the other 12 evaluate
+VALIDATION_PHOTOS = 8  # of those, this many (seeded) are new's validation set
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -129,14 +131,14 @@ def crops(img: np.ndarray, n: int, rng: np.random.Generator, size: int = 224) ->
 def photo_sets(per_photo: int = 8, per_eval: int = 10, seed: int = 0):
     """(calibration crops, their photo labels, validation rows, evaluation crops, calibration
     photos, evaluation photos). Calibration: NATURAL_PHOTOS then the first FOOLBOX_CALIB foolbox
-    photos, `per_photo` crops each; of the foolbox ones a seeded half is the validation set."""
+    photos, `per_photo` crops each; VALIDATION_PHOTOS of the foolbox ones (seeded) are the validation set."""
     rng = np.random.default_rng(seed)
     foolbox = ["foolbox:" + p.name for p in sorted((_site("foolbox") / "data").glob("imagenet_*.jpg"))]
     calib_names, eval_names = list(NATURAL_PHOTOS) + foolbox[:FOOLBOX_CALIB], foolbox[FOOLBOX_CALIB:]
     assert not set(calib_names) & set(eval_names)
     calib = np.concatenate([crops(_photo(p), per_photo, rng) for p in calib_names])
     groups = np.repeat(np.arange(len(calib_names)), per_photo)
-    val_photos = len(NATURAL_PHOTOS) + np.sort(np.random.default_rng(seed).permutation(FOOLBOX_CALIB)[:FOOLBOX_CALIB // 2])
+    val_photos = len(NATURAL_PHOTOS) + np.sort(np.random.default_rng(seed).permutation(FOOLBOX_CALIB)[:VALIDATION_PHOTOS])
     val_rows = np.flatnonzero(np.isin(groups, val_photos))
     test = np.concatenate([crops(_photo(p), per_eval, rng) for p in eval_names])
     return calib, groups, val_rows, test, calib_names, eval_names
@@ -180,7 +182,7 @@ def task_effnet_lite0() -> Task:
     return Task("EfficientNet-Lite0 (ImageNet weights)", export_effnet_lite0(), calib, test,
                 f"calibration {len(calib)} crops of {len(cn)} natural colour photos (scikit-image, scikit-learn, matplotlib, "
                 f"{FOOLBOX_CALIB} of foolbox's ImageNet samples); new: validation set = the {len(val_rows)} crops of "
-                f"{FOOLBOX_CALIB // 2} of those ImageNet photos ({vnames}), fitted on the other {len(calib) - len(val_rows)}; "
+                f"{VALIDATION_PHOTOS} of those ImageNet photos ({vnames}), fitted on the other {len(calib) - len(val_rows)}; "
                 f"evaluation {len(test)} crops of the {len(en)} other foolbox ImageNet photos; the dynamic-batch export as "
                 "given (batch 1 fixed for planning)", groups, val_rows)
 
@@ -270,6 +272,8 @@ def run_task(task: Task, budgets, methods, log=print, variant_budgets=None, on_r
                         warnings.simplefilter("ignore", FidelityWarning)
                         out = planner.run(budget=b, allow_over_budget=True)
                     cand = ir.to_proto(out.graph)
+                    if SAVE is not None:  # --save DIR: the emitted models, for a closer look
+                        onnx.save(cand, SAVE / f"{task.name.split(' ')[0]}_{method.replace(' ', '')}_{b:g}.onnx")
                     unseen = evaluate(task.model, cand, task.test, threads=THREADS)
                     row.measured, row.met = out.measured_ratio, out.met
                     row.unseen_top1, row.unseen_nmse = unseen.top1_agreement, unseen.nmse
@@ -279,6 +283,8 @@ def run_task(task: Task, budgets, methods, log=print, variant_budgets=None, on_r
                     elif cal is not None:
                         row.reported_top1 = row.fit_top1 = evaluate(task.model, cand, cal, threads=THREADS).top1_agreement
                     row.segments = len(out.changed())
+                    log(f"      plan: {[o.label for o in out.changed()]} estimators: "
+                        f"{ {k: v.get('estimator') for k, v in (out.refit_info or {}).items()} }")
                     row.timings = {k: round(v, 1) for k, v in out.timings.items() if k.endswith("_s")}
                 except Exception as e:  # one failed point must not lose the others
                     row.error = f"{type(e).__name__}: {e}"
@@ -380,7 +386,12 @@ def main(argv=None) -> int:
     ap.add_argument("--variant-budgets", default="0.9", help="budgets at which the variants (new - X) run (all: every budget)")
     ap.add_argument("--section", default="", help="suffix of the RESULTS.md section (runs of different methods in parallel)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--save", default=None, help="folder to save the emitted models in")
     args = ap.parse_args(argv)
+    global SAVE
+    if args.save:
+        SAVE = Path(args.save)
+        SAVE.mkdir(parents=True, exist_ok=True)
     import os
 
     if os.environ.get("BENCH_STACKS"):  # periodic stack dumps to see where the time goes
