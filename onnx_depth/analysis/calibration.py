@@ -26,7 +26,6 @@ of up to ``batch_size`` samples. Reading is lazy: one batch of inputs is in memo
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -37,151 +36,11 @@ import onnx
 from .. import runtime
 from ..errors import InputError
 from ..runtime import TensorSpec
+from .calibration_sources import (ArraySource, ConcatSource, Source, TakeSource, Unbatched, WholeSource, npy_source,
+                                  npz_sources)
 
 __all__ = ["Calibration", "Split", "load_calibration", "from_arrays", "as_calibration", "model_input_specs",
            "split_fit_validation", "VALIDATION_FRACTION", "MIN_VALIDATION", "MIN_FIT"]
-
-
-# ------------------------------------------------------------------------------- array sources
-class _Source:
-    """A read-only [N, *sample] array readable in row ranges."""
-
-    n: int
-    shape: tuple[int, ...]  # full shape, N first
-    dtype: np.dtype
-    label: str
-
-    def read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class _ArraySource(_Source):
-    def __init__(self, array: np.ndarray, label: str) -> None:
-        self.array = array
-        self.n = int(array.shape[0])
-        self.shape = tuple(int(d) for d in array.shape)
-        self.dtype = array.dtype
-        self.label = label
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
-
-
-class _NpzMemberSource(_Source):
-    """One member of an .npz read row range by row range from the (possibly deflated) zip stream.
-
-    Reads must go forward; a backward read reopens the member (only a new pass over the data
-    does that)."""
-
-    def __init__(self, path: Path, member: str, label: str) -> None:
-        self.path, self.member, self.label = path, member, label
-        with zipfile.ZipFile(path) as zf, zf.open(member) as f:
-            shape, fortran, dtype = self._header(f)
-        if fortran and len(shape) > 1:
-            raise InputError(f"{path}: array {label!r} is stored in Fortran order; save it C-contiguous")
-        if dtype.hasobject:
-            raise InputError(f"{path}: array {label!r} holds Python objects, not numbers")
-        if not shape:
-            raise InputError(f"{path}: array {label!r} is a scalar, not a batch of samples")
-        self.shape, self.dtype = tuple(int(d) for d in shape), dtype
-        self.n = self.shape[0]
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
-        self._zf: zipfile.ZipFile | None = None
-        self._f = None
-        self._pos = 0
-
-    @staticmethod
-    def _header(f):
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)
-        return np.lib.format.read_array_header_2_0(f)
-
-    def _open(self) -> None:
-        self.close()
-        self._zf = zipfile.ZipFile(self.path)
-        self._f = self._zf.open(self.member)
-        self._header(self._f)
-        self._pos = 0
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-        if self._zf is not None:
-            self._zf.close()
-        self._f = self._zf = None
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if self._f is None or start < self._pos:
-            self._open()
-        if start > self._pos:
-            self._skip((start - self._pos) * self.row_bytes)
-            self._pos = start
-        nbytes = (stop - start) * self.row_bytes
-        data = self._f.read(nbytes)
-        if len(data) != nbytes:
-            raise InputError(f"{self.path}: array {self.label!r} is truncated")
-        self._pos = stop
-        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
-
-    def _skip(self, nbytes: int) -> None:
-        while nbytes > 0:
-            chunk = self._f.read(min(nbytes, 1 << 24))
-            if not chunk:
-                raise InputError(f"{self.path}: array {self.label!r} is truncated")
-            nbytes -= len(chunk)
-
-
-class _ConcatSource(_Source):
-    """Several sources concatenated along axis 0 (a folder of files)."""
-
-    def __init__(self, parts: list[_Source], label: str) -> None:
-        self.parts, self.label = parts, label
-        first = parts[0]
-        for p in parts[1:]:
-            if p.shape[1:] != first.shape[1:]:
-                raise InputError(f"{p.label}: sample shape {p.shape[1:]} differs from {first.label}'s {first.shape[1:]}")
-            if p.dtype != first.dtype:
-                raise InputError(f"{p.label}: dtype {p.dtype} differs from {first.label}'s {first.dtype}")
-        self.offsets = np.cumsum([0] + [p.n for p in parts])
-        self.n = int(self.offsets[-1])
-        self.shape = (self.n, *first.shape[1:])
-        self.dtype = first.dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = []
-        for i, p in enumerate(self.parts):
-            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-            a, b = max(start, lo), min(stop, hi)
-            if a < b:
-                out.append(p.read(a - lo, b - lo))
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
-class _Unbatched(_Source):
-    """A single sample stored without its batch axis: N = 1."""
-
-    def __init__(self, inner: _Source) -> None:
-        self.inner, self.label = inner, inner.label
-        self.n = 1
-        self.shape = (1, *inner.shape)
-        self.dtype = inner.dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return self.inner.read(0, self.inner.n)[None][start:stop]
-
-
-class _WholeSource(_Source):
-    """A source whose stored shape is one sample (rank = model rank - 1)."""
-
-    def __init__(self, array: np.ndarray, label: str) -> None:
-        self.array, self.label = array, label
-        self.n = 1
-        self.shape = (1, *array.shape)
-        self.dtype = array.dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array)[None][start:stop]
 
 
 # ------------------------------------------------------------------------------- the data set
@@ -229,7 +88,7 @@ class Calibration:
     """Samples for every model input, read lazily. Iterate ``batches()`` for feeds."""
 
     specs: list[TensorSpec]
-    sources: dict[str, _Source]
+    sources: dict[str, Source]
     start: int = 0
     stop: int | None = None
     origin: str = "<arrays>"
@@ -349,12 +208,12 @@ def _fmt(shape) -> str:
 
 
 # ------------------------------------------------------------------------------- loaders
-def _wrap(src: _Source, spec: TensorSpec) -> _Source:
+def _wrap(src: Source, spec: TensorSpec) -> Source:
     """Treat an array one rank short of the model input as a single sample."""
     if len(src.shape) == len(spec.shape) - 1:
-        if isinstance(src, _ArraySource):
-            return _WholeSource(src.array, src.label)
-        return _Unbatched(src)
+        if isinstance(src, ArraySource):
+            return WholeSource(src.array, src.label)
+        return Unbatched(src)
     return src
 
 
@@ -370,12 +229,12 @@ def from_arrays(data, model, *, origin: str = "<arrays>") -> Calibration:
     if len(specs) == 1 and len(data) == 1 and specs[0].name not in data:
         data = {specs[0].name: next(iter(data.values()))}
     by_name = {s.name: s for s in specs}
-    sources: dict[str, _Source] = {}
+    sources: dict[str, Source] = {}
     for k, v in data.items():
         a = np.asarray(v)
         if a.ndim == 0:
             raise InputError(f"{origin}: array {k!r} is a scalar, not a batch of samples")
-        src = _ArraySource(a, k)
+        src = ArraySource(a, k)
         sources[k] = _wrap(src, by_name[k]) if k in by_name else src
     return reject_non_finite(Calibration(specs, sources, origin=origin))
 
@@ -401,38 +260,6 @@ def reject_non_finite(cal: Calibration, chunk: int = 256) -> Calibration:
     return cal
 
 
-def _npz_sources(path: Path) -> dict[str, _Source]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.namelist() if m.endswith(".npy")]
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{path}: not a readable .npz archive ({e})") from e
-    out: dict[str, _Source] = {}
-    for m in members:
-        key = m[: -len(".npy")]
-        try:
-            out[key] = _NpzMemberSource(path, m, key)
-        except InputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a broken member
-            raise InputError(f"{path}: array {key!r} cannot be read ({e})") from e
-    if not out:
-        raise InputError(f"{path}: the archive holds no arrays")
-    return out
-
-
-def _npy_source(path: Path, label: str) -> _Source:
-    try:
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise InputError(f"{path}: cannot be memory-mapped ({e})") from e
-    except OSError as e:
-        raise InputError(f"{path}: not a readable .npy file ({e})") from e
-    if a.ndim == 0:
-        raise InputError(f"{path}: holds a scalar, not a batch of samples")
-    return _ArraySource(a, label)
-
-
 def load_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
     """Open calibration data at ``path`` (.npz, .npy, or a folder of .npy/.npz) for ``model``
     (ModelProto, path, Graph, session or a list of TensorSpec); NaN/Inf refused."""
@@ -455,12 +282,12 @@ def _open_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
             if len(specs) != 1:
                 raise InputError(f"{p}: a folder of .npy files feeds a single-input model; this one has inputs {', '.join(s.name for s in specs)} (use .npz files)")
             spec = specs[0]
-            parts = [_wrap(_npy_source(f, f.name), spec) for f in npy]
-            return Calibration(specs, {spec.name: _ConcatSource(parts, str(p))}, origin=origin)
+            parts = [_wrap(npy_source(f, f.name), spec) for f in npy]
+            return Calibration(specs, {spec.name: ConcatSource(parts, str(p))}, origin=origin)
         if npz:
-            per_name: dict[str, list[_Source]] = {}
+            per_name: dict[str, list[Source]] = {}
             for f in npz:
-                srcs = _npz_sources(f)
+                srcs = npz_sources(f)
                 if len(specs) == 1 and len(srcs) == 1:
                     srcs = {specs[0].name: next(iter(srcs.values()))}
                 for k, s in srcs.items():
@@ -468,11 +295,11 @@ def _open_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
             counts = {k: len(v) for k, v in per_name.items()}
             if len(set(counts.values())) > 1:
                 raise InputError(f"{p}: not every .npz file holds every input ({counts})")
-            return Calibration(specs, {k: _ConcatSource(v, f"{p}[{k}]") for k, v in per_name.items()}, origin=origin)
+            return Calibration(specs, {k: ConcatSource(v, f"{p}[{k}]") for k, v in per_name.items()}, origin=origin)
         raise InputError(f"{p}: folder holds no .npy or .npz files")
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        srcs = _npz_sources(p)
+        srcs = npz_sources(p)
         if len(specs) == 1 and len(srcs) == 1:
             srcs = {specs[0].name: next(iter(srcs.values()))}
         srcs = {k: (_wrap(s, by_name[k]) if k in by_name else s) for k, s in srcs.items()}
@@ -480,7 +307,7 @@ def _open_calibration(path: "str | os.PathLike[str]", model) -> Calibration:
     if suffix == ".npy":
         if len(specs) != 1:
             raise InputError(f"{p}: one .npy array given, but the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); use an .npz keyed by input name")
-        return Calibration(specs, {specs[0].name: _wrap(_npy_source(p, p.name), specs[0])}, origin=origin)
+        return Calibration(specs, {specs[0].name: _wrap(npy_source(p, p.name), specs[0])}, origin=origin)
     raise InputError(f"{p}: calibration data must be .npz, .npy or a folder of them (got {p.suffix or 'no extension'})")
 
 
@@ -498,28 +325,6 @@ VALIDATION_FRACTION = 0.25  # share of the calibration samples held back for val
 MIN_VALIDATION = 16         # never fewer validation samples than this (else: no split, see below)
 MIN_FIT = 16                # ... and never fewer fit samples
 SPLIT_BLOCKS = 16           # the data is cut into this many contiguous blocks before drawing
-
-
-class _TakeSource(_Source):
-    """Rows `runs` ([(a, b), ...] in increasing order) of another source, concatenated."""
-
-    def __init__(self, inner: _Source, runs: list[tuple[int, int]]) -> None:
-        self.inner, self.runs, self.label = inner, runs, inner.label
-        self.offsets = np.cumsum([0] + [b - a for a, b in runs])
-        self.n = int(self.offsets[-1])
-        self.shape = (self.n, *inner.shape[1:])
-        self.dtype = inner.dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = []
-        for i, (a, b) in enumerate(self.runs):
-            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-            s, e = max(start, lo), min(stop, hi)
-            if s < e:
-                out.append(self.inner.read(a + s - lo, a + e - lo))
-        if not out:
-            return self.inner.read(0, 0)
-        return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 @dataclass
@@ -541,24 +346,25 @@ class Split:
 
 def _take(cal: Calibration, runs: list[tuple[int, int]]) -> Calibration:
     off = cal.start
-    srcs = {k: _TakeSource(s, [(a + off, b + off) for a, b in runs]) for k, s in cal.sources.items()}
+    srcs = {k: TakeSource(s, [(a + off, b + off) for a, b in runs]) for k, s in cal.sources.items()}
     return Calibration(cal.specs, srcs, origin=cal.origin)
 
 
 def split_fit_validation(cal: Calibration, validation: "Calibration | None" = None, *,
                          fraction: float = VALIDATION_FRACTION, seed: int = 0,
                          min_validation: int = MIN_VALIDATION, min_fit: int = MIN_FIT,
-                         blocks: int = SPLIT_BLOCKS) -> Split:
+                         blocks: int = SPLIT_BLOCKS, groups=None) -> Split:
     """Split calibration data into a fit part and a validation part.
 
     With a separate `validation` set (``--validation DATA``) the whole of `cal` is fitted on and
-    `validation` is measured on. Otherwise the N samples are cut into `blocks` contiguous blocks
-    (multiples of the model's fixed batch) and a seeded random choice of blocks, about `fraction`
-    of the samples and at least `min_validation`, is held back. Contiguous blocks, not single
-    samples, because data is usually stored by source (the crops of one photo, the frames of one
-    clip, the sentences of one document): samples of one source on both sides would make the
-    validation fidelity as optimistic as the fitted one. When N < min_fit + min_validation
-    nothing is held back (`held_out` False)."""
+    `validation` is measured on. With `groups` (one label per sample: the photo, clip or document
+    it comes from) whole groups are held back: a seeded random choice of groups, about `fraction`
+    of the samples and at least `min_validation`, so that no source has samples on both sides.
+    Otherwise the N samples are cut into `blocks` contiguous blocks (multiples of the model's
+    fixed batch) and whole blocks are drawn the same way: data is usually stored by source (the
+    crops of one photo, the frames of one clip), and samples of one source on both sides would
+    make the validation fidelity as optimistic as the fitted one. When N < min_fit +
+    min_validation nothing is held back (`held_out` False)."""
     if validation is not None:
         return Split(cal, validation, True, f"separate validation set ({validation.origin})")
     n = len(cal)
@@ -566,34 +372,38 @@ def split_fit_validation(cal: Calibration, validation: "Calibration | None" = No
     if n < min_fit + min_validation:
         return Split(cal, cal, False, f"{n} samples < {min_fit} fit + {min_validation} validation: nothing held back, "
                                       "fidelity is measured on the data the refit was fitted to")
-    units = n // fb
-    k = max(2, min(blocks, units))
-    edges = [round(i * units / k) * fb for i in range(k + 1)]
-    edges[-1] = n
-    sizes = np.diff(edges)
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape != (n,):
+            raise InputError(f"{cal.origin}: {labels.size} group labels for {n} samples")
+        names, idx = np.unique(labels, return_inverse=True)
+        units = [np.flatnonzero(idx == g) for g in range(len(names))]
+        if fb > 1 and any(len(u) % fb for u in units):
+            raise InputError(f"{cal.origin}: every group must hold a multiple of the model's fixed batch {fb}")
+        what = "groups"
+    else:
+        k = max(2, min(blocks, n // fb))
+        edges = [round(i * (n // fb) / k) * fb for i in range(k + 1)]
+        edges[-1] = n
+        units = [np.arange(edges[b], edges[b + 1]) for b in range(k)]
+        what = "contiguous blocks"
     want = max(min_validation, int(round(fraction * n)))
-    order = np.random.default_rng(seed).permutation(k)
-    chosen, got = [], 0
-    for b in order:
+    chosen, got = set(), 0
+    for b in np.random.default_rng(seed).permutation(len(units)):
         if got >= want:
             break
-        chosen.append(int(b))
-        got += int(sizes[b])
-    if n - got < min_fit:
+        chosen.add(int(b))
+        got += len(units[b])
+    if n - got < min_fit or len(chosen) == len(units):
         return Split(cal, cal, False, f"{n} samples: cannot hold back {want} and keep {min_fit} to fit on; "
                                       "fidelity is measured on fitted data")
-    chosen_set = set(chosen)
-    val = [(edges[b], edges[b + 1]) for b in sorted(chosen_set)]
-    fit = [(edges[b], edges[b + 1]) for b in range(k) if b not in chosen_set]
-    return Split(_take(cal, _merge_runs(fit)), _take(cal, _merge_runs(val)), True,
-                 f"{got} of {n} samples held back ({len(val)} of {k} contiguous blocks, seed {seed})")
+    val = np.sort(np.concatenate([units[b] for b in chosen]))
+    fit = np.sort(np.concatenate([u for b, u in enumerate(units) if b not in chosen]))
+    return Split(_take(cal, _runs(fit)), _take(cal, _runs(val)), True,
+                 f"{got} of {n} samples held back ({len(chosen)} of {len(units)} {what}, seed {seed})")
 
 
-def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in runs:
-        if out and out[-1][1] == a:
-            out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
-    return out
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted row indices as [(start, stop), ...] runs of consecutive rows."""
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, cut)]

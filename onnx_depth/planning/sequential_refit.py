@@ -13,7 +13,9 @@ so later operators compensate the errors of earlier ones instead of compounding 
 spatial position of the fit samples, streamed into the normal equations (memory: one batch), up
 to a cost cap: R rows of d unknowns cost R d^2 flops, so at most max(ROWS_PER_UNKNOWN d,
 FLOPS / d^2) rows are kept (random positions) for wide operators; the estimator (naive, scale+bias, ridge toward the exact composition) is chosen on the
-validation samples, which are never fitted on.
+validation samples, which are never fitted on. A dropped block (identity operator) gets a
+PRACTISE-style 1x1 adaptor (planning.adaptor) fitted the same way, kept only where an estimator
+other than the bare identity wins on the validation rows (`adaptors`, default ADAPTORS).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import onnx
 from ..analysis.stats import stream_tensors
 from ..ir.exporter import to_proto
 from ..kernels.lstsq import OperatorFit
+from .adaptor import identity_adaptor
 from .importance import fittable
 from .realize import option_input, option_operator, option_target
 from .segments import Candidates, SegmentOption
 
 __all__ = ["SequentialFit", "only_outputs", "refit_sequential"]
 
+ADAPTORS = True  # fit adaptors where a block is dropped (the benchmark's "new - adaptor" switches it off)
 ROWS_PER_UNKNOWN = 16
 FLOPS = 5e9  # per operator and data pass
 
@@ -77,15 +81,19 @@ def _order(cands: Candidates, reference: onnx.ModelProto, plan: Sequence[Segment
 
 def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators: dict[str, object],
                      reference: onnx.ModelProto, fit, validation=None, *, capped: bool = True,
-                     threads: int | None = None) -> SequentialFit:
+                     threads: int | None = None, adaptors: bool | None = None) -> SequentialFit:
     """Operators for the plan's changed options, refit in topological order (module docstring).
     `operators`: the parallel-refit (or naive) ones, kept where an option is not refittable.
     `reference`: the lossless graph before the plan (same tensor names as `cands.graph`)."""
     changed = [o for o in plan if o.kind != "keep"]
     out = SequentialFit(dict(operators))
     applied: list[SegmentOption] = []
+    adaptors = ADAPTORS if adaptors is None else adaptors
     for o in _order(cands, reference, changed):
         naive = option_operator(cands, o)
+        adaptor = identity_adaptor(cands, o, naive) if adaptors and validation is not None else None
+        if adaptor is not None:
+            naive = adaptor
         if not fittable(naive):
             applied.append(o)
             continue
@@ -105,8 +113,11 @@ def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators
         except (ValueError, KeyError):
             applied.append(o)  # keep the parallel operator
             continue
+        if adaptor is not None and sel.choice == "naive":
+            applied.append(o)  # the bare identity wins on validation: no adaptor
+            continue
         out.operators[o.id] = op
-        out.choices[o.id] = sel.choice
+        out.choices[o.id] = ("adaptor " if adaptor is not None else "") + sel.choice
         if sel.val_nmse:
             out.val_nmse[o.id] = sel.val_nmse[sel.choice]
         applied.append(o)

@@ -21,6 +21,7 @@ import onnx
 from ...ir import Graph, Node
 from ...ir.exporter import to_proto
 from ...ir.extract import extract, extract_graph
+from ...kernels import ConvSpec
 from ...passes.layer_io import conv_node, dense_nodes
 from .chains import LinearChain, find_chains
 from .options import DEFAULT_MAX_KERNEL, DEFAULT_MAX_LAYERS, DEFAULT_MAX_MAC_RATIO, SegmentOption, enumerate_options
@@ -70,7 +71,9 @@ def _rewrite(g: Graph, chain: LinearChain, opt: SegmentOption, rng: np.random.Ge
     out = end_span.add.outputs[0] if (end_span is not None and opt.end in opt.fused) else chain.layer(opt.end).y
     x = chain.tensors[opt.st]
     base = f"merged.c{opt.chain}.{opt.st}_{opt.end}"
-    if opt.geom is None:
+    if opt.geom is None and isinstance(op, (ConvSpec, tuple)):  # a fitted adaptor for a dropped block (planning.adaptor)
+        new = [conv_node(g, op, x, out, base)] if isinstance(op, ConvSpec) else dense_nodes(g, op[0], op[1], x, out, base)
+    elif opt.geom is None:
         if opt.scale:
             k = 2.0 if op is None else float(op)
             two = g.add_const(np.array(k, np.float32), base + ".scale")
