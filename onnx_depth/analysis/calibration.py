@@ -35,6 +35,7 @@ import onnx
 
 from .. import runtime
 from ..errors import InputError
+from ..ir import Graph
 from ..runtime import TensorSpec
 from .calibration_sources import (ArraySource, ConcatSource, Source, TakeSource, Unbatched, WholeSource, npy_source,
                                   npz_sources)
@@ -46,8 +47,6 @@ __all__ = ["Calibration", "Split", "load_calibration", "from_arrays", "as_calibr
 # ------------------------------------------------------------------------------- the data set
 def model_input_specs(model) -> list[TensorSpec]:
     """Input specs (name, shape with symbols, dtype) of a ModelProto, path, Graph or session."""
-    from ..ir import Graph
-
     if isinstance(model, (list, tuple)) and all(isinstance(s, TensorSpec) for s in model):
         return list(model)
     if isinstance(model, Graph):
