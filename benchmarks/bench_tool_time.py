@@ -88,7 +88,14 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.9)
     ap.add_argument("--profile", type=Path, help="one cProfile run of this checkout into this file instead")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence added to the section")
+    ap.add_argument("--from-log", type=Path, help="write the section from the lines an interrupted run printed")
     args = ap.parse_args(argv)
+    if args.from_log is not None:
+        rows = _parse_log(args.from_log)
+        sides = [(k, None) for k in ("before", "after") if k in rows]
+        args.repeats = max(len(v) for v in rows.values())
+        return _write(args, sides, rows)
     model, cal = prepare()
     if args.profile is not None:
         r = run_once(ROOT, model, cal, args.budget, args.threads, args.profile)
@@ -106,6 +113,28 @@ def main(argv=None) -> int:
                   + (f" stderr {r['stderr']}" if r["rc"] not in (0, 3) else ""), flush=True)
     if args.no_write:
         return 0
+    return _write(args, sides, rows)
+
+
+def _parse_log(path: Path) -> dict[str, list[dict]]:
+    """The rows of the `[name i] wall ...` lines a run printed (ast.literal_eval of each field)."""
+    import ast
+    import re
+
+    rows: dict[str, list[dict]] = {}
+    pat = re.compile(r"^\[(\w+) \d+\] wall ([\d.]+)s cpu ([\d.]+)s rc (-?\d+) load ([\d.]+) ratio (\S+) top1 (\S+) "
+                     r"plan (\[.*?\]) timings (\{.*?\})")
+    for line in path.read_text().splitlines():
+        m = pat.match(line)
+        if m:
+            rows.setdefault(m[1], []).append({
+                "wall_s": float(m[2]), "cpu_s": float(m[3]), "rc": int(m[4]), "load": float(m[5]),
+                "measured_ratio": ast.literal_eval(m[6]), "top1": ast.literal_eval(m[7]),
+                "plan": ast.literal_eval(m[8]), "timings": ast.literal_eval(m[9])})
+    return rows
+
+
+def _write(args, sides, rows) -> int:
     from _results import write_section
 
     cmd = "python benchmarks/bench_tool_time.py" + (f" --baseline {args.baseline}" if args.baseline else "") + \
@@ -129,7 +158,8 @@ def main(argv=None) -> int:
     body = (f"`optimize --latency-budget {args.budget} --calibration <128 crops> --threads {args.threads}` with an empty "
             "latency DB on EfficientNet-Lite0 (ImageNet weights, static batch 1; the ImageNet model installed here), "
             "each run a fresh CLI subprocess; CPU s = user + system of the subprocess. Runs interleaved A/B on a "
-            "machine shared with other jobs (see the load column): compare medians and ratios.\n\n" + "\n".join(lines))
+            "machine shared with other jobs (load = 1-minute load average at the end of each run): compare medians and "
+            "ratios. " + args.note + "\n\n" + "\n".join(lines))
     write_section("tool_time", "Tool time of budget mode (issue 17 item 4)", cmd, body)
     return 0
 

@@ -175,6 +175,12 @@ def compare_outputs(
     return c
 
 
+def evaluation(reference, *, rtol: float = RTOL, atol: float = ATOL, optimization: str = EVAL_OPTIMIZATION,
+               threads: int | None = None) -> Evaluation:
+    """The Evaluation of `reference` at an optimization level and thread count."""
+    return Evaluation(reference, settings=RunSettings(optimization, threads), rtol=rtol, atol=atol)
+
+
 def compare_models(
     reference: onnx.ModelProto | str | bytes,
     candidate: onnx.ModelProto | str | bytes,
@@ -182,19 +188,17 @@ def compare_models(
     *,
     n_random: int = 3,
     seed: int = 0,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    optimization: str = EVAL_OPTIMIZATION,
-    threads: int | None = None,
     overridable: bool = False,
+    **settings,
 ) -> Comparison:
-    """Run both models with onnxruntime on the same inputs and compare all outputs (`Evaluation`).
+    """Run both models with onnxruntime on the same inputs and compare all outputs (`Evaluation`;
+    `settings`: rtol, atol, optimization, threads as `evaluation` takes them).
 
     Without `feeds`, `n_random` random inputs are drawn from the reference model's input specs.
     Outputs are matched by name; the candidate must expose the same output names.
     `overridable`: the random inputs also override the float initializers that are graph inputs.
     """
-    ev = Evaluation(reference, settings=RunSettings(optimization, threads), rtol=rtol, atol=atol)
+    ev = evaluation(reference, **settings)
     if feeds is None:
         feeds = runtime.random_feeds(ev.session, n_random, seed, overridable=overridable)
     try:
@@ -210,21 +214,19 @@ def compare_at_shapes(
     *,
     n_random: int = 3,
     seed: int = 0,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    optimization: str = EVAL_OPTIMIZATION,
-    threads: int | None = None,
     overridable: bool = False,
+    **settings,
 ) -> Comparison:
     """`compare_models` at several input shapes (`samples`: onnx_depth.shapes.InputShapes, e.g.
     from `shapes.check_samples`): `n_random` random inputs of each. The reference failing to run
     at a shape is the user's shape question: InputError naming the shape (exit 2); the candidate
     failing where the reference runs is a mismatch (allclose False, `failed_at` says where).
-    `overridable`: the float initializers that are graph inputs are fed random values too."""
-    ev = Evaluation(reference, settings=RunSettings(optimization, threads), rtol=rtol, atol=atol)
+    `overridable`: the float initializers that are graph inputs are fed random values too;
+    `settings` as `evaluation` takes them."""
+    ev = evaluation(reference, **settings)
     cand = ev.candidate_session(candidate)
     specs = runtime.feed_specs(ev.session, overridable)
-    c = Comparison(rtol=rtol, atol=atol)
+    c = Comparison(rtol=ev.rtol, atol=ev.atol)
     c.shapes = [s.describe() for s in samples]
     rng = np.random.default_rng(seed)
     for shapes in samples:
