@@ -76,6 +76,10 @@ def run_once(pythonpath: Path, model: Path, cal: Path, budget: float, threads: i
             "top1": (report.get("fidelity") or {}).get("top1_agreement")}
 
 
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _med(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -146,7 +150,7 @@ def _write(args, sides, rows) -> int:
         each = {k: ", ".join(f"{r[k]:.0f}" for r in rs) for k in ("wall_s", "cpu_s")}
         lines.append(f"| {name} | {len(rs)} | {_med(rs, 'wall_s'):.0f} ({each['wall_s']}) | "
                      f"{_med(rs, 'cpu_s'):.0f} ({each['cpu_s']}) | "
-                     + " | ".join(", ".join(str(r[k]) for r in rs) for k in ("load", "rc", "measured_ratio", "top1"))
+                     + " | ".join(", ".join(_fmt(r[k]) for r in rs) for k in ("load", "rc", "measured_ratio", "top1"))
                      + " | " + "; ".join(" + ".join(r["plan"]) or "none" for r in rs) + " |")
     timing_keys = sorted({k for rs in rows.values() for r in rs for k in r["timings"]})
     lines += ["", "Planner timings (median s, from the report JSON):", "",
