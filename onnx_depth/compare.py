@@ -16,7 +16,6 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from . import runtime
 from .runtime import EVAL_OPTIMIZATION, RunFailed, RunSettings
@@ -126,9 +125,9 @@ class Evaluation:
         self.names = list(outputs) if outputs is not None else runtime.output_names(self.session)
         self.rtol, self.atol = rtol, atol
 
-    def candidate_session(self, candidate) -> ort.InferenceSession:
+    def candidate_session(self, candidate) -> runtime.Session:
         """A session for `candidate` (ModelProto, bytes or path; a session is returned as is)."""
-        return candidate if isinstance(candidate, ort.InferenceSession) else self.settings.session(candidate)
+        return candidate if isinstance(candidate, runtime.Session) else self.settings.session(candidate)
 
     def reference_outputs(self, feeds: Iterable[Feed], names: Sequence[str] | None = None) -> list[Outputs]:
         """The reference's outputs on every feed (held in memory: for small, reused sets)."""

@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
+Session = ort.InferenceSession  # the session type, for callers that accept a session or a model
 
 # ORT's own log lines stay off the terminal (4 = fatal only): warnings from constant folding and
 # "[E:onnxruntime:...]" lines for a failing run; the error reaches the user as our one-line message.
