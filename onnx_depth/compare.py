@@ -1,19 +1,25 @@
-"""The single numeric comparator: how close are two models' outputs?
+"""The single numeric comparator (`Comparison`) and the one evaluation loop (`Evaluation`).
 
-Used by `optimize --check`, by every test of a rewrite and by every fidelity report. Models are
-always run by onnxruntime (via onnx_depth.runtime), with graph optimizations disabled unless the
-caller asks otherwise, so the oracle is never our own code.
+`Evaluation` runs a reference model and candidate models over the same feeds with one
+onnxruntime setting (`runtime.RunSettings`: optimization level, default `EVAL_OPTIMIZATION` =
+graph optimizations off, and thread count) and accumulates the differences in a `Comparison`.
+It is what `optimize --check` (`compare_at_shapes`), every test of a rewrite (`compare_models`),
+every fidelity report (`analysis.fidelity.evaluate`) and the planner's importance
+(`planning.importance.EvalSet`) measure with, so the oracle is always onnxruntime, never our code,
+and the planner optimizes the number the report shows.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from . import runtime
+from .runtime import EVAL_OPTIMIZATION, RunFailed, RunSettings
+from .shapes import feed_at, run_error
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -98,6 +104,64 @@ class Comparison:
         return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
+Feed = Mapping[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+
+class Evaluation:
+    """The one evaluation loop: `reference` against candidate models over batches of data.
+
+    Every model runs with the same `settings` (runtime.RunSettings; default EVAL_OPTIMIZATION and
+    onnxruntime's thread count); the reference session is created once. `outputs`: the outputs
+    compared (default all of the reference's). Feeds are any iterable of {input: array} (a list,
+    a generator, `Calibration.batches(n)`); they are consumed lazily, so memory is one feed and
+    its outputs whatever the data size. For a small set compared against many candidates, compute
+    `reference_outputs(feeds)` once and pass it to `compare` (the reference is not run again)."""
+
+    def __init__(self, reference, *, settings: RunSettings | None = None, outputs: Sequence[str] | None = None,
+                 rtol: float = RTOL, atol: float = ATOL) -> None:
+        self.settings = settings or RunSettings()
+        self.session = self.settings.session(reference)
+        self.names = list(outputs) if outputs is not None else runtime.output_names(self.session)
+        self.rtol, self.atol = rtol, atol
+
+    def candidate_session(self, candidate) -> runtime.Session:
+        """A session for `candidate` (ModelProto, bytes or path; a session is returned as is)."""
+        return candidate if isinstance(candidate, runtime.Session) else self.settings.session(candidate)
+
+    def reference_outputs(self, feeds: Iterable[Feed], names: Sequence[str] | None = None) -> list[Outputs]:
+        """The reference's outputs on every feed (held in memory: for small, reused sets)."""
+        return [out for _, (out,) in runtime.stream([(self.session, list(names or self.names))], feeds)]
+
+    def pairs(self, candidate, feeds: Iterable[Feed], *, names: Sequence[str] | None = None,
+              reference_outputs: Sequence[Outputs] | None = None) -> Iterator[tuple[Feed, Outputs, Outputs]]:
+        """(feed, reference outputs, candidate outputs) per feed, streamed. `names`: the outputs
+        to run (default `self.names`). A run that fails raises runtime.RunFailed with `model` 0
+        for the reference, 1 for the candidate."""
+        names = list(names or self.names)
+        cand = self.candidate_session(candidate)
+        if reference_outputs is None:
+            for feed, (ref, new) in runtime.stream([(self.session, names), (cand, names)], feeds):
+                yield feed, ref, new
+            return
+        feeds = list(feeds)
+        if len(feeds) != len(reference_outputs):
+            raise ValueError(f"{len(feeds)} feeds but {len(reference_outputs)} reference outputs")
+        try:
+            for (feed, (new,)), ref in zip(runtime.stream([(cand, names)], feeds), reference_outputs):
+                yield feed, ref, new
+        except RunFailed as e:
+            raise RunFailed(1, e.feed, e.cause) from e.cause
+
+    def compare(self, candidate, feeds: Iterable[Feed], *, reference_outputs: Sequence[Outputs] | None = None,
+                into: Comparison | None = None) -> Comparison:
+        """The Comparison of `candidate` with the reference on `feeds` (added to `into` if given)."""
+        c = into if into is not None else Comparison(rtol=self.rtol, atol=self.atol)
+        for _, ref, new in self.pairs(candidate, feeds, reference_outputs=reference_outputs):
+            c.add(ref, new)
+        return c
+
+
 def compare_outputs(
     refs: Sequence[Mapping[str, np.ndarray]],
     news: Sequence[Mapping[str, np.ndarray]],
@@ -110,6 +174,12 @@ def compare_outputs(
     return c
 
 
+def evaluation(reference, *, rtol: float = RTOL, atol: float = ATOL, optimization: str = EVAL_OPTIMIZATION,
+               threads: int | None = None) -> Evaluation:
+    """The Evaluation of `reference` at an optimization level and thread count."""
+    return Evaluation(reference, settings=RunSettings(optimization, threads), rtol=rtol, atol=atol)
+
+
 def compare_models(
     reference: onnx.ModelProto | str | bytes,
     candidate: onnx.ModelProto | str | bytes,
@@ -117,27 +187,23 @@ def compare_models(
     *,
     n_random: int = 3,
     seed: int = 0,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    optimization: str = "disabled",
-    threads: int | None = None,
     overridable: bool = False,
+    **settings,
 ) -> Comparison:
-    """Run both models with onnxruntime on the same inputs and compare all outputs.
+    """Run both models with onnxruntime on the same inputs and compare all outputs (`Evaluation`;
+    `settings`: rtol, atol, optimization, threads as `evaluation` takes them).
 
     Without `feeds`, `n_random` random inputs are drawn from the reference model's input specs.
     Outputs are matched by name; the candidate must expose the same output names.
     `overridable`: the random inputs also override the float initializers that are graph inputs.
     """
-    s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
-    s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
+    ev = evaluation(reference, **settings)
     if feeds is None:
-        feeds = runtime.random_feeds(s_ref, n_random, seed, overridable=overridable)
-    c = Comparison(rtol=rtol, atol=atol)
-    names = runtime.output_names(s_ref)
-    for feed in feeds:
-        c.add(runtime.run(s_ref, feed, names), runtime.run(s_new, feed, names))
-    return c
+        feeds = runtime.random_feeds(ev.session, n_random, seed, overridable=overridable)
+    try:
+        return ev.compare(candidate, feeds)
+    except RunFailed as e:
+        raise e.cause from None  # onnxruntime's own error, as a direct run gives it
 
 
 def compare_at_shapes(
@@ -147,40 +213,31 @@ def compare_at_shapes(
     *,
     n_random: int = 3,
     seed: int = 0,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    optimization: str = "disabled",
-    threads: int | None = None,
     overridable: bool = False,
+    **settings,
 ) -> Comparison:
     """`compare_models` at several input shapes (`samples`: onnx_depth.shapes.InputShapes, e.g.
     from `shapes.check_samples`): `n_random` random inputs of each. The reference failing to run
     at a shape is the user's shape question: InputError naming the shape (exit 2); the candidate
     failing where the reference runs is a mismatch (allclose False, `failed_at` says where).
-    `overridable`: the float initializers that are graph inputs are fed random values too."""
-    from .shapes import feed_at, run_error
-
-    s_ref = runtime.make_session(reference, optimization=optimization, threads=threads)
-    s_new = runtime.make_session(candidate, optimization=optimization, threads=threads)
-    specs = runtime.feed_specs(s_ref, overridable)
-    c = Comparison(rtol=rtol, atol=atol)
+    `overridable`: the float initializers that are graph inputs are fed random values too;
+    `settings` as `evaluation` takes them."""
+    ev = evaluation(reference, **settings)
+    cand = ev.candidate_session(candidate)
+    specs = runtime.feed_specs(ev.session, overridable)
+    c = Comparison(rtol=ev.rtol, atol=ev.atol)
     c.shapes = [s.describe() for s in samples]
-    names = runtime.output_names(s_ref)
     rng = np.random.default_rng(seed)
     for shapes in samples:
-        for _ in range(n_random):
-            feed = feed_at(specs, shapes, rng)
-            try:
-                ref = runtime.run(s_ref, feed, names)
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
-                raise run_error(shapes, e, "the input model") from e
-            try:
-                new = runtime.run(s_new, feed, names)
-            except Exception as e:  # noqa: BLE001
-                c.runs += 1
-                c.allclose = False
-                c.max_abs = float("inf")
-                c.failed_at = f"{shapes.describe()}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-                return c
-            c.add(ref, new)
+        feeds = (feed_at(specs, shapes, rng) for _ in range(n_random))
+        try:
+            ev.compare(cand, feeds, into=c)
+        except RunFailed as e:
+            if e.model == 0:
+                raise run_error(shapes, e.cause, "the input model") from e.cause
+            c.runs += 1
+            c.allclose = False
+            c.max_abs = float("inf")
+            c.failed_at = f"{shapes.describe()}: {e}"
+            return c
     return c

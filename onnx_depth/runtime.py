@@ -2,6 +2,9 @@
 
 Everything in onnx-depth that executes a model (correctness checks, calibration, profiling,
 benchmarks) goes through this module so that session settings are chosen in one place.
+Measurements of what a model computes (fidelity, importance, --check, statistics, refits) run
+with `RunSettings` (default: `EVAL_OPTIMIZATION`, graph optimizations off); `stream` is the loop
+that runs models over feeds, used by `compare.Evaluation` and `analysis.stats.stream_tensors`.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
+Session = ort.InferenceSession  # the session type, for callers that accept a session or a model
 
 # ORT's own log lines stay off the terminal (4 = fatal only): warnings from constant folding and
 # "[E:onnxruntime:...]" lines for a failing run; the error reaches the user as our one-line message.
@@ -27,6 +31,12 @@ OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+# The onnxruntime graph-optimization level of every measurement of what a model computes: the
+# reported fidelity, the planner's importance and re-planning, --check, activation statistics and
+# the data streamed into refits. One level, so what the planner optimizes is what the report shows
+# (and the oracle is onnxruntime running the graph as written, not its rewrites of it).
+EVAL_OPTIMIZATION = "disabled"
 
 # Protobuf refuses to serialize more than 2 GiB; such models are handed to ORT as a file.
 _PROTO_LIMIT = 2**31 - 1
@@ -103,6 +113,54 @@ def make_session(
     if isinstance(model, bytes):
         return ort.InferenceSession(model, so, providers=providers)
     return ort.InferenceSession(os.fspath(model), so, providers=providers)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a model is run to measure what it computes (not how fast): one onnxruntime graph
+    optimization level and one intra-op thread count (None: onnxruntime's default)."""
+
+    optimization: str = EVAL_OPTIMIZATION
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimization not in OPT_LEVELS:
+            raise ValueError(f"unknown optimization level {self.optimization!r}; one of {sorted(OPT_LEVELS)}")
+
+    def session(self, model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> ort.InferenceSession:
+        return make_session(model, optimization=self.optimization, threads=self.threads)
+
+
+class RunFailed(Exception):
+    """Model number `model` of a `stream` failed on feed number `feed` (`cause`: ORT's error)."""
+
+    def __init__(self, model: int, feed: int, cause: BaseException) -> None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(first)
+        self.model, self.feed, self.cause = model, feed, cause
+
+
+def stream(
+    runs: Sequence[tuple[ort.InferenceSession, Sequence[str]]],
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    *,
+    known_inputs_only: bool = False,
+) -> Iterator[tuple[Mapping[str, np.ndarray], list[dict[str, np.ndarray]]]]:
+    """The loop that runs models over data: for each feed (consumed lazily, so one feed and its
+    outputs are in memory at a time), (feed, [{name: array} of each (session, output names)]).
+    `known_inputs_only`: each session gets only the feed's entries it has inputs (or overridable
+    initializers) for; otherwise the whole feed (an unknown name is onnxruntime's error).
+    A run that raises becomes RunFailed (which model, which feed)."""
+    wants = [{i.name for i in (*s.get_inputs(), *s.get_overridable_initializers())} if known_inputs_only else None
+             for s, _ in runs]
+    for k, feed in enumerate(feeds):
+        outs = []
+        for m, ((s, names), want) in enumerate(zip(runs, wants)):
+            try:
+                outs.append(run(s, feed if want is None else {n: v for n, v in feed.items() if n in want}, names))
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types
+                raise RunFailed(m, k, e) from e
+        yield feed, outs
 
 
 def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:

@@ -1,6 +1,7 @@
 """Fidelity over calibration/evaluation data: onnx_depth.compare's Comparison (top-1 agreement,
-NMSE, max abs) accumulated over real feeds, optionally restricted to some outputs, plus task
-accuracy when labels are given. Both models run with onnxruntime (graph optimizations off)."""
+NMSE, max abs) accumulated over real feeds by the one evaluation loop (`compare.Evaluation`,
+onnxruntime at `runtime.EVAL_OPTIMIZATION`, graph optimizations off), optionally restricted to
+some outputs, plus task accuracy when labels are given."""
 
 from __future__ import annotations
 
@@ -9,24 +10,28 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import runtime
-from ..compare import ATOL, RTOL, Comparison
+from ..compare import ATOL, RTOL, Comparison, Evaluation
+from ..runtime import EVAL_OPTIMIZATION, RunSettings
 from .calibration import as_calibration
 
 __all__ = ["EVAL_OPTIMIZATION", "Fidelity", "evaluate"]
 
-# The onnxruntime graph-optimization level of every fidelity measurement (the reported fidelity
-# here, the planner's importance and re-planning in planning.importance.EvalSet): one level, so
-# what the planner optimizes is what the report shows.
-EVAL_OPTIMIZATION = "disabled"
-
 
 @dataclass
 class Fidelity:
+    """A Comparison over `samples` samples; with labels, (reference, candidate) task accuracy."""
+
     comparison: Comparison
     samples: int
-    accuracy_reference: float | None = None
-    accuracy_candidate: float | None = None
+    accuracy: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def accuracy_reference(self) -> float | None:
+        return self.accuracy[0]
+
+    @property
+    def accuracy_candidate(self) -> float | None:
+        return self.accuracy[1]
 
     @property
     def top1_agreement(self) -> float | None:
@@ -64,10 +69,9 @@ def evaluate(
     """Compare `candidate` with `reference` (ModelProto / path / bytes) on every feed of `data`
     (Calibration, path, array or mapping). outputs: the outputs to compare (default all).
     labels [N] with label_output: accuracy of argmax(label_output, last axis) for both."""
-    s_ref = runtime.make_session(reference, optimization=EVAL_OPTIMIZATION, threads=threads)
-    s_new = runtime.make_session(candidate, optimization=EVAL_OPTIMIZATION, threads=threads)
-    cal = as_calibration(data, s_ref)
-    names = list(outputs) if outputs is not None else runtime.output_names(s_ref)
+    ev = Evaluation(reference, settings=RunSettings(EVAL_OPTIMIZATION, threads), outputs=outputs, rtol=rtol, atol=atol)
+    cal = as_calibration(data, ev.session)
+    names = list(ev.names)
     if labels is not None:
         label_output = label_output or names[0]
         if label_output not in names:
@@ -75,11 +79,8 @@ def evaluate(
     comp = Comparison(rtol=rtol, atol=atol)
     n = 0
     hits_ref = hits_new = 0
-    for feed in cal.batches(batch_size):
-        r = runtime.run(s_ref, feed, names)
-        c = runtime.run(s_new, feed, names)
-        keep = list(outputs) if outputs is not None else names
-        comp.add({k: r[k] for k in keep}, {k: c[k] for k in keep})
+    for feed, r, c in ev.pairs(candidate, cal.batches(batch_size), names=names):
+        comp.add({k: r[k] for k in ev.names}, {k: c[k] for k in ev.names})
         nb = next(iter(feed.values())).shape[0]
         if labels is not None:
             lab = np.asarray(labels)[n:n + nb]
@@ -88,4 +89,4 @@ def evaluate(
         n += nb
     acc_r = hits_ref / n if labels is not None and n else None
     acc_c = hits_new / n if labels is not None and n else None
-    return Fidelity(comp, n, acc_r, acc_c)
+    return Fidelity(comp, n, (acc_r, acc_c))

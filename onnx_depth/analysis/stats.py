@@ -2,7 +2,7 @@
 
 ``collect_stats(model, calibration)`` adds the input of every activation site (and any extra
 tensors asked for) as graph outputs of a copy of the emitted model, runs it once over the
-calibration set (sessions from onnx_depth.runtime, graph optimizations disabled) and
+calibration set (`stream_tensors`: runtime.stream with runtime.EVAL_OPTIMIZATION) and
 accumulates, per channel of each tensor (``TensorStats``):
 
 * count of values, and of values in the ``below`` (x <= lo) and ``above`` (x >= hi) regions of
@@ -197,46 +197,33 @@ def stream_tensors(
     budget_bytes: int = DEFAULT_BUDGET,
     threads: int | None = None,
     batch_size: int | None = None,
+    settings: runtime.RunSettings | None = None,
 ) -> Iterator[tuple[int, list[dict[str, np.ndarray]]]]:
-    """Run several models (each already exposing its tensors) on the same calibration batches.
+    """Run several models (each already exposing its tensors) on the same calibration batches,
+    through the one loop that runs models over data (`runtime.stream`), with `settings`
+    (default: EVAL_OPTIMIZATION and `threads`, as every fidelity measurement).
 
     Yields (batch samples, [{tensor: array} per model]). The batch size of a dynamic-batch model
     is chosen so that all exposed outputs of one run fit in `budget_bytes`.
     """
-    sessions = [runtime.make_session(m, optimization="disabled", threads=threads) for m, _ in models]
-    names = [list(t) for _, t in models]
+    settings = settings or runtime.RunSettings(runtime.EVAL_OPTIMIZATION, threads)
+    runs = [(settings.session(m), list(t)) for m, t in models]
     fixed = calibration.fixed_batch
-    first_bs = fixed or 1
-    first = True
-    bs = batch_size
-    for feed in calibration.batches(first_bs):
-        outs = [runtime.run(s, _feed_for(s, feed), n) for s, n in zip(sessions, names)]
+    first = fixed or 1
+    seen = 0
+    for feed, outs in runtime.stream(runs, calibration.batches(first), known_inputs_only=True):
         nb = next(iter(feed.values())).shape[0] if feed else 1
+        seen = nb
         yield nb, outs
-        if first:
-            first = False
-            if fixed is None:
-                per_sample = sum(a.nbytes for o in outs for a in o.values()) / max(nb, 1)
-                per_sample += calibration.sample_bytes
-                if bs is None:
-                    bs = max(1, int(budget_bytes // max(per_sample, 1)))
-            break
-    if first:
+        bs = fixed or batch_size
+        if bs is None:
+            per_sample = sum(a.nbytes for o in outs for a in o.values()) / max(nb, 1) + calibration.sample_bytes
+            bs = max(1, int(budget_bytes // max(per_sample, 1)))
+        break
+    if not seen:
         return
-    if fixed is not None:
-        bs = fixed
-        skip = fixed
-    else:
-        skip = first_bs
-    for feed in calibration.batches(bs, skip=skip):
-        outs = [runtime.run(s, _feed_for(s, feed), n) for s, n in zip(sessions, names)]
-        nb = next(iter(feed.values())).shape[0] if feed else 1
-        yield nb, outs
-
-
-def _feed_for(session, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    want = {i.name for i in session.get_inputs()}
-    return {k: v for k, v in feed.items() if k in want}
+    for feed, outs in runtime.stream(runs, calibration.batches(bs, skip=first), known_inputs_only=True):
+        yield (next(iter(feed.values())).shape[0] if feed else 1), outs
 
 
 def collect_stats(

@@ -31,8 +31,8 @@ from .waiting import LOST_GRACE_S, wait_for
 def outputs_job(model_bytes: bytes, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str],
                 threads: int | None) -> tuple[str | None, list[dict[str, np.ndarray]]]:
     """Runs ON a worker: (its address, the model's outputs `names` on every feed); the session
-    is EvalSet's (basic graph optimizations, `threads` intra-op threads)."""
-    s = runtime.make_session(model_bytes, optimization="basic", threads=threads)
+    is EvalSet's (runtime.EVAL_OPTIMIZATION, `threads` intra-op threads)."""
+    s = runtime.RunSettings(runtime.EVAL_OPTIMIZATION, threads).session(model_bytes)
     return identity()["address"], [runtime.run(s, f, list(names)) for f in feeds]
 
 

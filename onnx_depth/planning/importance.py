@@ -32,18 +32,22 @@ the result is a guess.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
 
-from .. import runtime
-from ..analysis.fidelity import EVAL_OPTIMIZATION
-from ..compare import Comparison
+from ..analysis.activations import find_activations
+from ..analysis.criteria import decide
+from ..analysis.stats import stream_tensors, with_outputs
+from ..compare import Comparison, Evaluation
 from ..ir import Graph
 from ..ir.exporter import to_proto
+from ..kernels import ConvSpec
 from ..kernels.lstsq import OperatorFit
+from ..runtime import EVAL_OPTIMIZATION, RunSettings
 from .realize import operator_blocker, option_input, option_operator, option_target, pruned_layers, removed_activations
 from .segments import Candidates, SegmentOption
 
@@ -114,8 +118,6 @@ class Importance:
 def fittable(op) -> bool:
     """Whether the operator is refit by least squares (a 2-D conv or dense layer with at most
     MAX_FIT_FEATURES unknowns per output; larger ones are merged naively)."""
-    from ..kernels import ConvSpec
-
     if isinstance(op, ConvSpec):
         d = op.weight.shape[1] * int(np.prod(op.kernel_shape))
         return d <= MAX_FIT_FEATURES and op.rank == 2
@@ -134,9 +136,7 @@ def fit_operators(cands: Candidates, options: Sequence[SegmentOption], reference
     and the NMSEs returned are validation NMSEs; without it a fixed ridge toward the naive
     operator. Returns (operators: refit ones when `refit`, {option id: (segment-output NMSE of
     the naive operator, of the refit one)})."""
-    from tqdm import tqdm
-
-    from ..analysis.stats import stream_tensors, with_outputs
+    from tqdm import tqdm  # optional progress bars
 
     ops: dict[str, object] = {}
     fits: dict[str, OperatorFit] = {}
@@ -291,8 +291,6 @@ class MeasuredImportance(Importance):
 
 
 def _digest(*parts: bytes) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for p in parts:
         h.update(p)
@@ -301,22 +299,25 @@ def _digest(*parts: bytes) -> str:
 
 class EvalSet:
     """The first `n` samples of a calibration set with a reference model's outputs on them
-    (computed once, on first use): `compare(graph)` runs a candidate on the same feeds and
-    returns the project's Comparison against those outputs."""
+    (computed once, on first use): `compare(graph)` runs a candidate on the same feeds through
+    the one evaluation loop (`compare.Evaluation`, onnxruntime at EVAL_OPTIMIZATION with
+    `threads` intra-op threads) and returns the project's Comparison against those outputs."""
 
     def __init__(self, reference: onnx.ModelProto, cal, n: int, threads: int | None = None) -> None:
         fb = cal.fixed_batch or 1
         take = min(len(cal), max(fb, (n // fb) * fb))
         self.feeds = list((cal.subset(0, take) if take < len(cal) else cal).batches())
         self.reference, self.threads = reference, threads
+        self.settings = RunSettings(EVAL_OPTIMIZATION, threads)
+        self._eval: Evaluation | None = None
         self._ref_out: list[dict] | None = None
         self._names: list[str] = []
 
     def _reference(self) -> list[dict]:
         if self._ref_out is None:
-            s_ref = runtime.make_session(self.reference, optimization=EVAL_OPTIMIZATION, threads=self.threads)
-            self._names = runtime.output_names(s_ref)
-            self._ref_out = [runtime.run(s_ref, f, self._names) for f in self.feeds]
+            self._eval = Evaluation(self.reference, settings=self.settings)
+            self._names = self._eval.names
+            self._ref_out = self._eval.reference_outputs(self.feeds)
         return self._ref_out
 
     def _comparison(self, outs: Iterable[dict]) -> Comparison:
@@ -326,14 +327,13 @@ class EvalSet:
         return comp
 
     def compare(self, graph: Graph) -> Comparison:
-        self._reference()
-        s = runtime.make_session(to_proto(graph, check=False), optimization=EVAL_OPTIMIZATION, threads=self.threads)
-        return self._comparison(runtime.run(s, f, self._names) for f in self.feeds)
+        ref = self._reference()
+        return self._eval.compare(to_proto(graph, check=False), self.feeds, reference_outputs=ref)
 
     def compare_many(self, graphs: Iterable[Graph], evaluate) -> Iterable[Comparison]:
         """`compare` for several candidates, run by `evaluate(models, feeds, names, threads)`,
         which yields each model's outputs on the feeds in order (cluster.evaluation.RemoteEvaluator
-        runs them on a Dask cluster); the comparison is made here."""
+        runs them on a Dask cluster at the same EVAL_OPTIMIZATION); the comparison is made here."""
         self._reference()
         for outs in evaluate((to_proto(g, check=False) for g in graphs), self.feeds, self._names, self.threads):
             yield self._comparison(outs)
@@ -343,9 +343,6 @@ def datafree_importance(cands: Candidates, options: Iterable[SegmentOption], ori
                         prune_cost: float = 2.0) -> Importance:
     """Data-free guess (see the module docstring). original_graph: the model as loaded, before
     BatchNorm folding (its activation node names match the candidates' by name)."""
-    from ..analysis.activations import find_activations
-    from ..analysis.criteria import decide
-
     sites = {}
     for s in find_activations(original_graph):
         for n in s.nodes:
