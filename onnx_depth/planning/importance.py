@@ -5,7 +5,7 @@ With calibration data (measured)
 For every option the planner may want, its operator is built from the real weights
 (`realize.option_operator`: activations inside removed, pruned layers dropped, residuals fused)
 and, unless ``refit=False``, refit by least squares on the calibration data so that it maps the
-segment's input to the ORIGINAL segment output (`passes.refit.OperatorFit`; one streaming pass
+segment's input to the ORIGINAL segment output (`kernels.lstsq.OperatorFit`; one streaming pass
 over the original model feeds every option's normal equations, each reading the original input
 of its segment: the "parallel" refit). Then the model with only that option applied is run on the
 evaluation samples and compared with the original model's outputs
