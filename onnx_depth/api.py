@@ -13,7 +13,7 @@ from .analysis.calibration import load_calibration, split_fit_validation
 from .analysis.fidelity import evaluate
 from .analysis.activation_report import activation_report
 from .cluster import DEFAULT_TIMEOUT_S, open_cluster
-from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel
+from .errors import BudgetInfeasible, CheckFailed, InputError, UnsupportedModel, first_line
 from .ir.shape_inference import infer_shapes
 from .latency_db.fingerprint import current
 from .passes import LOSSLESS, PassContext, run_to_fixed_point
@@ -311,7 +311,7 @@ def _checked(reference, out, samples, n: int, seed: int, source_name: str) -> co
             compare.compare_models(reference, reference, n_random=1, seed=seed, overridable=True)
         except Exception as e2:  # noqa: BLE001
             if type(e2).__module__.startswith("onnxruntime"):
-                first = str(e2).strip().splitlines()[0] if str(e2).strip() else type(e2).__name__
+                first = first_line(e2)
                 raise InputError(f"{source_name}: onnxruntime cannot run the input model: {first[:300]}") from None
         raise
 

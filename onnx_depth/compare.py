@@ -129,9 +129,9 @@ class Evaluation:
         """A session for `candidate` (ModelProto, bytes or path; a session is returned as is)."""
         return candidate if isinstance(candidate, runtime.Session) else self.settings.session(candidate)
 
-    def reference_outputs(self, feeds: Iterable[Feed], names: Sequence[str] | None = None) -> list[Outputs]:
+    def reference_outputs(self, feeds: Iterable[Feed]) -> list[Outputs]:
         """The reference's outputs on every feed (held in memory: for small, reused sets)."""
-        return [out for _, (out,) in runtime.stream([(self.session, list(names or self.names))], feeds)]
+        return [out for _, (out,) in runtime.stream([(self.session, list(self.names))], feeds)]
 
     def pairs(self, candidate, feeds: Iterable[Feed], *, names: Sequence[str] | None = None,
               reference_outputs: Sequence[Outputs] | None = None) -> Iterator[tuple[Feed, Outputs, Outputs]]:

@@ -7,6 +7,12 @@ Exit codes (documented in README):
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class OnnxDepthError(Exception):
     """Base class: a problem the user can act on. str(e) is the one-line message."""
 

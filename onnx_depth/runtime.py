@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .errors import first_line
+
 ModelLike = "onnx.ModelProto | str | os.PathLike[str] | bytes"
 Session = ort.InferenceSession  # the session type, for callers that accept a session or a model
 
@@ -135,7 +137,7 @@ class RunFailed(Exception):
     """Model number `model` of a `stream` failed on feed number `feed` (`cause`: ORT's error)."""
 
     def __init__(self, model: int, feed: int, cause: BaseException) -> None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        first = first_line(cause)
         super().__init__(first)
         self.model, self.feed, self.cause = model, feed, cause
 

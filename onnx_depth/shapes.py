@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from . import runtime
-from .errors import InputError
+from .errors import InputError, first_line
 from .ir.exporter import to_proto
 from .ir.graph import value_info_dims
 from .ir.importer import infer_shapes
@@ -263,7 +263,7 @@ def fix_inputs(model: onnx.ModelProto, shapes: InputShapes, *, infer: bool = Fal
 
 def run_error(shapes: InputShapes, e: BaseException, what: str = "the model") -> InputError:
     """The one-line error of a model that does not run at `shapes`."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = first_line(e)
     if len(text) > 240:
         text = text[:237] + "..."
     return InputError(f"{what} does not run at input shape {shapes.describe()} ({text}); "

@@ -197,16 +197,15 @@ def stream_tensors(
     budget_bytes: int = DEFAULT_BUDGET,
     threads: int | None = None,
     batch_size: int | None = None,
-    settings: runtime.RunSettings | None = None,
 ) -> Iterator[tuple[int, list[dict[str, np.ndarray]]]]:
     """Run several models (each already exposing its tensors) on the same calibration batches,
-    through the one loop that runs models over data (`runtime.stream`), with `settings`
-    (default: EVAL_OPTIMIZATION and `threads`, as every fidelity measurement).
+    through the one loop that runs models over data (`runtime.stream`), at EVAL_OPTIMIZATION with
+    `threads` intra-op threads, as every fidelity measurement.
 
     Yields (batch samples, [{tensor: array} per model]). The batch size of a dynamic-batch model
     is chosen so that all exposed outputs of one run fit in `budget_bytes`.
     """
-    settings = settings or runtime.RunSettings(runtime.EVAL_OPTIMIZATION, threads)
+    settings = runtime.RunSettings(runtime.EVAL_OPTIMIZATION, threads)
     runs = [(settings.session(m), list(t)) for m, t in models]
     fixed = calibration.fixed_batch
     first = fixed or 1

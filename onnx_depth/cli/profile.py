@@ -22,6 +22,7 @@ from typing import Any
 import onnxruntime as ort
 
 from ..cluster import DEFAULT_TIMEOUT_S, open_cluster
+from ..errors import first_line
 from ..latency_db import LatencyDBError, LatencyStore, current, default_path
 from ..planning.profiler import prepare, profile_candidates, progress_wanted
 from ..planning.segments import DEFAULT_MAX_KERNEL, DEFAULT_MAX_LAYERS
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - onnxruntime refusing the INPUT model at the profiled shapes
         if not type(e).__module__.startswith("onnxruntime"):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         return _err_profile(f"onnxruntime cannot run {args.model} at the shapes it is profiled at "
                             f"(symbolic dims are set to 1): {first[:300]}")
     finally:

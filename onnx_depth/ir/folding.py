@@ -15,7 +15,8 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .. import runtime  # noqa: F401  (quiets onnxruntime logging used by graphsurgeon)
-from .shape_inference import PROTO_LIMIT, first_line, human_bytes, infer_shapes, tensor_bytes
+from ..errors import first_line
+from .shape_inference import PROTO_LIMIT, human_bytes, infer_shapes, tensor_bytes
 
 log = logging.getLogger("onnx_depth")
 

@@ -22,7 +22,8 @@ from ..errors import InputError
 from .folding import alias_constant_identities, fold_constants, has_external_data, promote_constants
 from .graph import Graph, ModelMeta
 from .node import Node
-from .shape_inference import PROTO_LIMIT, check_channels, check_tensor_sizes, first_line, infer_shapes
+from ..errors import first_line
+from .shape_inference import PROTO_LIMIT, check_channels, check_tensor_sizes, infer_shapes
 from .tensor import Initializer
 
 log = logging.getLogger("onnx_depth")

@@ -17,12 +17,6 @@ log = logging.getLogger("onnx_depth")
 PROTO_LIMIT = 2**31 - 1  # a serialized ModelProto must stay under 2 GB
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty), for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnx shape inference with data propagation; onnxruntime's symbolic inference as fallback."""
     if model.ByteSize() < PROTO_LIMIT:

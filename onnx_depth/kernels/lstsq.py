@@ -263,12 +263,13 @@ class OperatorFit:
         # update of the [d+1, d+1] normal matrix with R << d is bound by memory, not arithmetic
         # (a few sampled rows per calibration sample made the fits 3-12x slower); same sums
         pend = self._pending.setdefault(which, [])
+        rows = sum(p[0].shape[1] for p in pend)
         for X, Y in self._rows(x, y):
             pend.append((X, Y))
-            rows = sum(p[0].shape[1] for p in pend)
+            rows += X.shape[1]
             if rows > X.shape[2] or rows * X.shape[0] * (X.shape[2] + Y.shape[2]) * 4 >= PATCH_BYTES // 4:
                 self._flush(which)
-                pend = self._pending.setdefault(which, [])
+                pend, rows = self._pending.setdefault(which, []), 0
 
     def _flush(self, which: str) -> None:
         pend = self._pending.pop(which, None)

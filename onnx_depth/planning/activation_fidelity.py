@@ -201,8 +201,8 @@ def refit_sites(cands: Candidates, calibration, *, sites: Collection[str] | None
     out = SiteRefit(cands.graph, plan, {o.id: merge_info(cands, o) for o in plan}, refused=refused)
     ops = {o.id: option_operator(cands, o) for o in plan}
     if plan and fit:
-        cal = as_calibration(calibration, to_proto(cands.graph.copy(), check=False))
         reference = to_proto(cands.graph.copy(), check=False)
+        cal = as_calibration(calibration, reference)
         if sequential and len(plan) > 1:
             ops = refit_sequential(cands, plan, ops, reference, cal, None, capped=False, threads=threads).operators
         else:

@@ -17,7 +17,7 @@ import numpy as np
 from ..kernels import ConvSpec
 from .segments import Candidates, SegmentOption
 
-__all__ = ["MIX_SHARE", "identity_adaptor", "is_adaptor"]
+__all__ = ["MIX_SHARE", "identity_adaptor"]
 
 MIX_SHARE = 0.5  # a channel-mixing adaptor may cost this share of the dropped layers' MACs
 
@@ -44,9 +44,3 @@ def identity_adaptor(cands: Candidates, opt: SegmentOption, op) -> "ConvSpec | t
     if not mix:
         return None  # a dense chain has no per-channel layer to emit
     return (np.eye(c, dtype=np.float32) * np.float32(k), np.zeros(c, np.float32))
-
-
-def is_adaptor(opt: SegmentOption, op) -> bool:
-    """Whether `op` is an adaptor fitted for a dropped block (a conv / dense op where the option
-    itself has no geometry)."""
-    return opt.geom is None and op is not None and not isinstance(op, float)

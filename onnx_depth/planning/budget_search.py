@@ -24,6 +24,7 @@ throughout. Every plan solved is recorded in `considered` as (predicted ratio, i
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -36,8 +37,8 @@ from ..ir.exporter import to_proto
 from ..passes import LOSSLESS, PassContext, run_to_fixed_point
 from .activation_fit import fit_activation_maps
 from .dp_problem import count_changes, dp_chains, fastest_plan, solve_plan, useful_options
-from .fidelity_search import bisect_max_error, replan_on_fidelity
-from .importance import MeasuredImportance, datafree_importance
+from .fidelity_search import MIN_EVAL_SAMPLES, bisect_max_error, replan_on_fidelity
+from .importance import EvalSet, MeasuredImportance, datafree_importance
 from .latency_model import LatencyModel
 from .measurement import Measurement, Round
 from .objectives import ErrorBound
@@ -87,6 +88,12 @@ class BudgetSearch:
         self.graphs: dict[str, tuple[list[SegmentOption], Graph]] = {}
 
     # ---- setup ----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def fidelity_eval(self) -> EvalSet:
+        """The validation samples every fidelity probe (--max-error bisection, re-planning) compares
+        on, with the original model's outputs on them: built once per search."""
+        return EvalSet(self.original, self.ev_data, max(self.eval_samples, MIN_EVAL_SAMPLES), self.threads)
     def score_options(self) -> None:
         """Importance of every useful option: measured on the calibration data (removed
         activations become per-channel affine maps fitted on it first), else the data-free guess."""

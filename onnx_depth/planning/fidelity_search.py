@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from ..errors import BudgetInfeasible
 from .dp_problem import count_changes
 from .fidelity_guard import judge, looks_like_classifier
-from .importance import EvalSet
 from .measurement import Round
 from .replan import replan_measured
 
@@ -38,7 +37,7 @@ def bisect_max_error(search, *, steps: int = BISECT_STEPS, hi: float = 1.0):
     search.max_error on the validation part. With a latency budget (hi < 1) and no plan within the
     bound at it: BudgetInfeasible (the combined objective cannot be met). Returns (plan, graph)."""
     bound = search.max_error
-    ev = EvalSet(search.original, search.ev_data, max(search.eval_samples, MIN_EVAL_SAMPLES), search.threads)
+    ev = search.fidelity_eval
     cache: dict[tuple, tuple] = {}
 
     def probe(ratio: float):
@@ -82,8 +81,9 @@ def replan_on_fidelity(search, plan, graph, budget: float):
     t0 = time.perf_counter()
     cands, allowed = search.cands, search.allowed
     classifier = looks_like_classifier(search.original)  # top-1 only for [batch, classes] outputs
-    ev = EvalSet(search.original, search.ev_data, max(search.eval_samples, MIN_EVAL_SAMPLES), search.threads)
+    ev = search.fidelity_eval
     graphs = {tuple(o.id for o in plan): graph}
+    comps = {tuple(o.id for o in plan): ev.compare(graph)}  # each emitted plan is evaluated once
 
     def s_of(comp) -> float:
         return comp.top1_agreement if (classifier and comp.top1_agreement is not None) else -float(comp.nmse)
@@ -92,7 +92,9 @@ def replan_on_fidelity(search, plan, graph, budget: float):
         key = tuple(o.id for o in p)
         if key not in graphs:
             graphs[key] = search.build(list(p))
-        return s_of(ev.compare(graphs[key]))
+        if key not in comps:
+            comps[key] = ev.compare(graphs[key])
+        return s_of(comps[key])
 
     def score_without(p, o) -> float:
         q = [x for x in p if x is not o] + cands.keeps(o)
@@ -107,7 +109,7 @@ def replan_on_fidelity(search, plan, graph, budget: float):
             allowed.clear()
             allowed.update(saved)
 
-    first = ev.compare(graph)
+    first = comps[tuple(o.id for o in plan)]
     if judge(first, classifier=classifier).ok:
         return plan, graph
     best, best_s, steps = replan_measured(plan, score=score, score_without=score_without, solve_without=solve_without,
