@@ -3,8 +3,8 @@ ImageNet-trained network with 128 calibration images, an EMPTY latency database 
 
 The network is EfficientNet-Lite0 with its ImageNet weights (the ImageNet model this machine has:
 /work/shared/DESIGN-NOTES.md section 4; a MobileNetV2-style network of inverted residuals with
-ReLU6), exported by bench_fidelity_real.export_effnet_lite0 and run on its static-batch copy, as in
-bench_fidelity_real; calibration = its 128 crops of 16 real photos.
+ReLU6), exported by bench_fidelity_real.export_effnet_lite0 with its dynamic batch axis and run as
+exported, as in bench_fidelity_real (the planner fixes batch 1 for profiling and timing); calibration = its 128 crops of 16 real photos.
 
 Every run is the CLI in a fresh subprocess with a fresh (empty) latency database; wall time and
 the CPU seconds of the subprocess (user + system, from wait4's rusage) are recorded. With
@@ -38,15 +38,15 @@ CACHE = HERE / ".cache"
 
 
 def prepare() -> tuple[Path, Path]:
-    """(static-batch EfficientNet-Lite0 .onnx, calibration .npz of 128 crops), cached."""
-    from bench_fidelity_real import export_effnet_lite0, photo_sets, static_batch_copy
+    """(dynamic-batch EfficientNet-Lite0 .onnx as exported, calibration .npz of 128 crops), cached."""
+    from bench_fidelity_real import export_effnet_lite0, photo_sets
 
     CACHE.mkdir(exist_ok=True)
-    model, cal = CACHE / "tool_time_effnet_lite0_b1.onnx", CACHE / "tool_time_calib128.npz"
+    model, cal = CACHE / "tool_time_effnet_lite0_dynamic.onnx", CACHE / "tool_time_calib128.npz"
     if not model.is_file():
-        onnx.save(static_batch_copy(export_effnet_lite0(), (1, 3, 224, 224)), model)
+        onnx.save(export_effnet_lite0(), model)
     if not cal.is_file():
-        calib, _test, _nc, _ne = photo_sets()
+        calib = photo_sets()[0]
         np.savez(cal, input=calib.astype(np.float32))
     return model, cal
 
@@ -160,7 +160,7 @@ def _write(args, sides, rows) -> int:
         vals = [statistics.median(r["timings"].get(k, float("nan")) for r in rs) for k in timing_keys]
         lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
     body = (f"`optimize --latency-budget {args.budget} --calibration <128 crops> --threads {args.threads}` with an empty "
-            "latency DB on EfficientNet-Lite0 (ImageNet weights, static batch 1; the ImageNet model installed here), "
+            "latency DB on EfficientNet-Lite0 (ImageNet weights, the dynamic-batch export as given; the ImageNet model installed here), "
             "each run a fresh CLI subprocess; CPU s = user + system of the subprocess. Runs interleaved A/B on a "
             "machine shared with other jobs (load = 1-minute load average at the end of each run): compare medians and "
             "ratios. " + args.note + "\n\n" + "\n".join(lines))
