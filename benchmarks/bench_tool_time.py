@@ -4,7 +4,8 @@ ImageNet-trained network with 128 calibration images, an EMPTY latency database 
 The network is EfficientNet-Lite0 with its ImageNet weights (the ImageNet model this machine has:
 /work/shared/DESIGN-NOTES.md section 4; a MobileNetV2-style network of inverted residuals with
 ReLU6), exported by bench_fidelity_real.export_effnet_lite0 with its dynamic batch axis and run as
-exported, as in bench_fidelity_real (the planner fixes batch 1 for profiling and timing); calibration = its 128 crops of 16 real photos.
+exported, as in bench_fidelity_real (the planner fixes batch 1 for profiling and timing);
+calibration = its 128 crops of 16 real photos.
 
 Every run is the CLI in a fresh subprocess with a fresh (empty) latency database; wall time and
 the CPU seconds of the subprocess (user + system, from wait4's rusage) are recorded. With

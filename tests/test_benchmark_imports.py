@@ -44,7 +44,7 @@ def test_names_imported_between_benchmarks_exist():
     assert not missing, "benchmarks import names their siblings no longer define: " + "; ".join(missing)
 
 
-def test_the_check_sees_a_missing_name(tmp_path):
+def test_the_check_sees_a_missing_name():
     tree = ast.parse("def export():\n    pass\nX = 1\n")
     assert {"export", "X"} <= _defined(tree)
     assert "static_batch_copy" not in _defined(tree)
