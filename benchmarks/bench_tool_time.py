@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,8 +53,10 @@ def prepare() -> tuple[Path, Path]:
     return model, cal
 
 
-def run_once(pythonpath: Path, model: Path, cal: Path, budget: float, threads: int, profile: Path | None = None) -> dict:
-    """One CLI run in a subprocess with an empty latency DB: wall s, CPU s, exit, report."""
+def run_once(pythonpath: Path, model: Path, cal: Path, budget: float, threads: int, profile: Path | None = None,
+             keep: Path | None = None) -> dict:
+    """One CLI run in a subprocess with an empty latency DB: wall s, CPU s, exit, report (copied
+    to `keep`, with the run's stderr, when given)."""
     with tempfile.TemporaryDirectory(prefix="tooltime-") as tmp:
         db, out, rep = Path(tmp) / "empty.sqlite", Path(tmp) / "out.onnx", Path(tmp) / "report.json"
         prog = ["-m", "onnx_depth"] if profile is None else ["-m", "cProfile", "-o", str(profile), "-m", "onnx_depth"]
@@ -69,6 +72,11 @@ def run_once(pythonpath: Path, model: Path, cal: Path, budget: float, threads: i
         p.stderr.close()
         rc = os.waitstatus_to_exitcode(status)
         report = json.loads(rep.read_text()) if rep.is_file() else {}
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            if rep.is_file():
+                shutil.copyfile(rep, keep.with_suffix(".json"))
+            keep.with_suffix(".stderr.txt").write_text(stderr)
     planning = report.get("planning") or {}
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rc": rc, "stderr": stderr.strip()[-400:],
             "timings": {k: round(v, 1) for k, v in (planning.get("timings_s") or {}).items() if isinstance(v, (int, float))},
@@ -93,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.9)
     ap.add_argument("--profile", type=Path, help="one cProfile run of this checkout into this file instead")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--keep", type=Path, help="folder to keep each run's report JSON and stderr in (NAME_I.json)")
     ap.add_argument("--note", default="", help="a sentence added to the section")
     ap.add_argument("--from-log", type=Path, help="write the section from the lines an interrupted run printed")
     args = ap.parse_args(argv)
@@ -111,7 +120,8 @@ def main(argv=None) -> int:
     rows: dict[str, list[dict]] = {k: [] for k, _ in sides}
     for i in range(args.repeats):
         for name, path in sides if i % 2 == 0 else reversed(sides):
-            r = run_once(path, model, cal, args.budget, args.threads)
+            keep = None if args.keep is None else args.keep / f"{name}_{i}"
+            r = run_once(path, model, cal, args.budget, args.threads, keep=keep)
             rows[name].append(r)
             print(f"[{name} {i}] wall {r['wall_s']:.1f}s cpu {r['cpu_s']:.1f}s rc {r['rc']} load {r['load']:.1f} "
                   f"ratio {r['measured_ratio']} top1 {r['top1']} plan {r['plan']} timings {r['timings']}"

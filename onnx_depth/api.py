@@ -31,7 +31,7 @@ ModelSource = "onnx.ModelProto | str | os.PathLike[str]"
 def analyze(model: "onnx.ModelProto | str | os.PathLike[str]") -> metrics.ModelStats:
     """Statistics of a model as given (see onnx_depth.metrics for the definitions; Constant
     nodes count as initializers, nothing is folded: the same numbers as optimize's "before")."""
-    return metrics.model_stats(ir.load(model, fold=False))
+    return metrics.model_stats(ir.load(model, fold=False), macs_from=ir.load(model))
 
 
 def analyze_activations(
@@ -161,8 +161,8 @@ def optimize(
     if fix_shapes or given:
         model = _fixed_source(model, given, calibration, fix_shapes)
     # "before" describes the model as given, before our loader folds constants.
-    before = metrics.model_stats(ir.load(model, fold=False))
     graph = ir.load(model)
+    before = metrics.model_stats(ir.load(model, fold=False), macs_from=graph)
     original = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
     cal = None
     split = None

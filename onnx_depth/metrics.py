@@ -8,7 +8,8 @@ Definitions (also in README):
 * parameters: elements of floating-point initializers (BatchNormalization running statistics
   included while BN nodes are present);
 * MACs: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul from inferred shapes, one
-  sample at the model's input shape (symbolic dims taken as 1);
+  sample at the model's input shape (symbolic dims taken as 1), on the constant-folded graph
+  when the caller passes it (`macs_from`);
 * activations: nodes whose op type is in ACTIVATION_OPS.
 """
 
@@ -110,11 +111,16 @@ def _tensor_info(graph: Graph, v: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(v.name, None if shape is None else list(shape), onnx.TensorProto.DataType.Name(et) if et else None)
 
 
-def model_stats(graph: Graph) -> ModelStats:
+def model_stats(graph: Graph, *, macs_from: Graph | None = None) -> ModelStats:
+    """Statistics of `graph`; MACs from `macs_from` when given: the same model with its constants
+    folded, whose shapes inference can resolve (a dynamic-batch export computes its padding from
+    Shape ops, so unfolded, every spatial dim after the first Pad is unknown and the MACs of the
+    model as given came out 100x too small)."""
     hist = Counter(n.op_type for n in graph.nodes)
     macs, unknown = 0, 0
-    for n in graph.nodes:
-        m = node_macs(graph, n)
+    mg = graph if macs_from is None else macs_from
+    for n in mg.nodes:
+        m = node_macs(mg, n)
         if m is None:
             unknown += 1
         else:

@@ -114,8 +114,8 @@ def replan_on_fidelity(search, plan, graph, budget: float):
         return plan, graph
     best, best_s, steps = replan_measured(plan, score=score, score_without=score_without, solve_without=solve_without,
                                           good_enough=lambda s: judge(_Score(s), classifier=classifier).ok)
-    search.timings["replan_s"] = time.perf_counter() - t0
-    search.timings["replan_steps"] = [st.to_dict() for st in steps]
+    search.timings["replan_s"] = search.timings.get("replan_s", 0.0) + time.perf_counter() - t0
+    search.timings.setdefault("replan_steps", []).extend(st.to_dict() for st in steps)
     return best, graphs[tuple(o.id for o in best)]
 
 

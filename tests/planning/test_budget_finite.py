@@ -107,3 +107,41 @@ def test_budget_end_to_end_never_writes_inf(tmp_path):
     assert _weights_finite(r.model)
     x = (np.random.default_rng(2).standard_normal((2, 64)) * 1e-30).astype(np.float32)
     assert np.all(np.isfinite(_run(r.model, x)))
+
+
+def test_a_first_plan_measured_just_over_budget_steps_down_not_to_the_fastest_plan():
+    """The first plan measured a hair over the budget (machine noise); the tightened internal
+    budget re-solves to the same plan. The search used to jump to the fastest plan then (on
+    EfficientNet-Lite0: 9 prunes, ratio 0.17, top-1 agreement 0, exit 0). It must step down to
+    the next plan instead, which meets the budget with far fewer changes.
+
+    A 6-Gemm chain; every layer and every merge costs 1 ms (pinned), so a plan's predicted ratio
+    is its Gemm count / 6, and the fake measurement says so too, except for the first plan."""
+    from onnx_depth import ir
+    from onnx_depth.passes import LOSSLESS, PassContext, run_to_fixed_point
+    from onnx_depth.planning.budget_search import plan_for_budget
+    from onnx_depth.planning.latency_model import LatencyModel
+    from onnx_depth.planning.measurement import Measurement
+    from onnx_depth.planning.segments import candidates
+
+    m = _chain("Gemm", scales=(0.2,) * 6, dims=(64, 16, 64, 16, 64, 16, 64))
+    g = ir.load(m)
+    og = g.copy()
+    run_to_fixed_point(g, LOSSLESS, PassContext(lossless=True))
+    cands = candidates(g)
+    lat = {o.id: 1.0 for o in cands.options}
+    lm = LatencyModel(cands, lat, whole_ms=6.0, cut={ci: 0.0 for ci in cands.cuts()})
+    seen: list[float] = []
+
+    def measure(model, threshold):
+        r = sum(n.op_type == "Gemm" for n in model.graph.node) / 6.0
+        if not seen:
+            r = 0.905  # the first plan (5 Gemms, 0.833 predicted) measured just over the budget 0.9
+        seen.append(r)
+        return Measurement.from_rounds([1.0] * 21, [r] * 21)
+
+    out = plan_for_budget(cands, lm, m, budget=0.9, original_graph=og, measure=measure)
+    assert len(seen) >= 2 and seen[0] == 0.905
+    assert out.measured_ratio is not None and out.measured_ratio <= 0.9
+    n_gemm = sum(n.op_type == "Gemm" for n in ir.to_proto(out.graph).graph.node)
+    assert n_gemm == 4, (n_gemm, seen, [o.id for o in out.plan])  # the next plan down, not 1 Gemm (the fastest)
