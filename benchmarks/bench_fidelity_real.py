@@ -11,6 +11,10 @@ Methods (all through `BudgetPlanner`, the code path of `optimize --latency-budge
   when below the floor (`planning.replan`);
 * variants of new with one ingredient off (`new - adaptor`, `new - sequential`, `new - replan`),
   to see what each buys;
+* **new + distill**: new's emitted model, then its changed operators fine-tuned end to end
+  toward the original's outputs on augmented fit samples with torch, early-stopped on the
+  validation part and kept only if the validation NMSE falls (`onnx_depth.torch.distill`,
+  `optimize --distill`);
 * **current**: the method before issue 17: the whole calibration set fitted on (fixed ridge 1e-3
   toward the naive merge, a few sampled rows per unknown, parallel refit) and the reported
   fidelity measured on the same samples;
@@ -70,6 +74,7 @@ from onnx_depth.planning.fidelity_guard import FidelityWarning  # noqa: E402
 BUDGETS = (0.95, 0.9, 0.85, 0.8)
 METHODS = {
     "new": dict(data=True, split=True, sequential=True, replan=True, adaptor=True),
+    "new + distill": dict(data=True, split=True, sequential=True, replan=True, adaptor=True, distill=True),
     "new - adaptor": dict(data=True, split=True, sequential=True, replan=True, adaptor=False),
     "new - sequential": dict(data=True, split=True, sequential=False, replan=True, adaptor=False),
     "new - replan": dict(data=True, split=True, sequential=True, replan=False, adaptor=True),
@@ -221,7 +226,7 @@ class Result:
     seconds: float = 0.0
 
 
-def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan: bool, adaptor: bool):
+def planner_for(task: Task, *, data: bool, split: bool, sequential: bool, replan: bool, adaptor: bool, distill: bool = False):
     graph = ir.load(task.model)
     original_graph = graph.copy()
     proto = ir.to_proto(graph.copy(), check=False)
@@ -247,7 +252,7 @@ def configure(planner, *, sequential: bool, replan: bool, adaptor: bool, **_) ->
     sequential_refit.ADAPTORS = adaptor  # planning.adaptor in the sequential refit
 
 
-MAIN = ("new", "current", "naive")
+MAIN = ("new", "new + distill", "current", "naive")
 
 
 def run_task(task: Task, budgets, methods, log=print, variant_budgets=None, on_row=None) -> Result:
@@ -263,15 +268,30 @@ def run_task(task: Task, budgets, methods, log=print, variant_budgets=None, on_r
             log(f"  [{', '.join(same)}] profiled in {time.perf_counter() - t0:.1f}s")
             todo = [(b, m) for b in budgets for m in same
                     if m in MAIN or variant_budgets is None or b in variant_budgets]
+            emitted: dict[tuple, tuple] = {}  # (budget, planner settings) -> (outcome, model): distill reuses new's plan
             for b, method in todo:
-                configure(planner, **METHODS[method])
+                how = METHODS[method]
+                configure(planner, **how)
                 t1 = time.perf_counter()
                 row = Row(b, method)
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FidelityWarning)
-                        out = planner.run(budget=b, allow_over_budget=True)
-                    cand = ir.to_proto(out.graph)
+                    key = (b, tuple(sorted((k, v) for k, v in how.items() if k != "distill")))
+                    if key in emitted:
+                        out, cand = emitted[key]
+                    else:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", FidelityWarning)
+                            out = planner.run(budget=b, allow_over_budget=True)
+                        cand = ir.to_proto(out.graph)
+                        emitted[key] = (out, cand)
+                    if how.get("distill"):
+                        from onnx_depth.torch.distill import distill_if_better
+
+                        cand, info = distill_if_better(cand, task.model, set(out.cands.graph.initializers), sp.fit,
+                                                       sp.validation, threads=THREADS)
+                        log(f"      distill: kept {info['kept']} epochs {info['epochs']} best {info['best_epoch']} "
+                            f"val nmse {info.get('val_nmse_onnxruntime')} top1 {info.get('val_top1_onnxruntime')} "
+                            f"{info['seconds']:.0f}s {info.get('skipped') or ''}")
                     if SAVE is not None:  # --save DIR: the emitted models, for a closer look
                         onnx.save(cand, SAVE / f"{task.name.split(' ')[0]}_{method.replace(' ', '')}_{b:g}.onnx")
                     unseen = evaluate(task.model, cand, task.test, threads=THREADS)

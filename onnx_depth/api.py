@@ -108,6 +108,7 @@ def optimize(
     target: str | None = None,
     cluster_timeout: float | None = None,
     validation: "str | os.PathLike[str] | None" = None,
+    distill: bool = False,
 ) -> OptimizeResult:
     """Rewrite a model and return the new ModelProto with a report.
 
@@ -152,9 +153,17 @@ def optimize(
     onnx-depth[cluster]`): latencies are measured on the Dask workers of target NAME and stored
     under THEIR fingerprint, the end-to-end check runs there too, and importance candidates run on
     any worker (onnx_depth.cluster). `cluster_timeout`: seconds to reach the scheduler (default 10).
+
+    distill=True (budget / max-error modes with calibration; needs torch: `pip install
+    onnx-depth[torch]`): after planning, the operators the plan changed are fine-tuned end to end
+    toward the original's outputs on augmented fit samples, stopping on the validation error
+    (onnx_depth.torch.distill); kept only if the validation error with onnxruntime falls. Same
+    graph, so the measured latency stands.
     """
     _check_args(latency_budget, max_error, lossless, calibration, check, threads, budget_tolerance)
     _check_cluster_args(cluster, target, latency_budget is not None or max_error is not None)
+    if distill:
+        _check_distill(latency_budget, max_error, calibration)
 
     source_name = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     given = shapes.parse_input_shapes(input_shapes)
@@ -227,6 +236,8 @@ def optimize(
                         passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
     _note_shapes(report, fixed)
     report.warnings = warnings
+    if distill and outcome is not None and outcome.changed() and split.held_out:
+        out = _distilled(out, original, outcome, split, threads, report, warnings)
     if cal is not None:
         report.fidelity = evaluate(reference, out, split.validation)
         report.fidelity_fit = evaluate(reference, out, split.fit) if split.held_out else report.fidelity
@@ -244,6 +255,40 @@ def optimize(
         if not report.check.allclose:
             raise CheckFailed(f"rewritten model differs from the original: {report.check.summary()}")
     return OptimizeResult(out, report, plan)
+
+
+def _check_distill(latency_budget, max_error, calibration) -> None:
+    if latency_budget is None and max_error is None:
+        raise InputError("--distill needs --latency-budget or --max-error (it fine-tunes the operators a plan changed)")
+    if calibration is None:
+        raise InputError("--distill needs --calibration data (it trains on the fit part and stops on the validation part)")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("--distill needs torch: pip install 'onnx-depth[torch]'") from None
+
+
+def _distilled(out, original, outcome, split, threads, report: Report, warnings: list) -> onnx.ModelProto:
+    """onnx_depth.torch.distill on the emitted model, kept when its validation NMSE falls."""
+    from .torch.distill import distill_if_better
+
+    model, info = distill_if_better(out, original, set(outcome.cands.graph.initializers), split.fit, split.validation,
+                                    threads=threads or 1)
+    if info.get("skipped") and info.get("curve"):  # trained, no epoch better: the least-squares model stays
+        report.notes.append(f"--distill: {info['epochs']} epoch(s) in {info['seconds']:.0f} s, none lowered the validation "
+                            f"error ({info['val_nmse_before']:.3g}): the refit model is emitted")
+    elif info.get("skipped"):
+        diagnostics.warn(f"--distill skipped: {info['skipped']}", diagnostics.OnnxDepthWarning, sink=warnings)
+    else:
+        (a, b), (ta, tb) = info["val_nmse_onnxruntime"], info["val_top1_onnxruntime"]
+        top1 = "" if ta is None else f", top-1 agreement {ta:.1%} -> {tb:.1%}"
+        what = "kept" if info["kept"] else "NOT kept (no lower validation NMSE)"
+        report.notes.append(f"--distill {what}: {len(info['trained'])} weight tensor(s) of the changed operators, "
+                            f"{info['epochs']} epoch(s) (best {info['best_epoch'] + 1}) in {info['seconds']:.0f} s; "
+                            f"validation NMSE {a:.3g} -> {b:.3g}{top1}")
+    if report.planning is not None:
+        report.planning["distill"] = info
+    return model
 
 
 def _guard(report: Report, split, max_error, original: onnx.ModelProto) -> None:

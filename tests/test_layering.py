@@ -41,6 +41,8 @@ INTERNAL_EXCEPTIONS = {
         "onnx_depth.kernels, onnx_depth.torch or a Dask worker",
     ("onnx_depth/olive/__init__.py", "onnx_depth.olive.onnx_depth_pass"):
         "the pass module imports olive (extra [olive]) at its top",
+    ("onnx_depth/api.py", "onnx_depth.torch.distill"):
+        "--distill only: onnx_depth.torch imports torch (extra [torch]) at its top",
 }
 
 

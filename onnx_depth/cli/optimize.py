@@ -34,6 +34,7 @@ def register(sub: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
     o.add_argument("--threads", type=int, default=None, metavar="N", help="intra-op threads of the target runtime for latency (default 1; part of the latency DB fingerprint)")
     o.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider to measure on (default CPUExecutionProvider)")
     o.add_argument("--latency-db", metavar="PATH", help="latency database (default $ONNX_DEPTH_LATENCY_DB or ~/.cache/onnx-depth/latency.sqlite)")
+    o.add_argument("--distill", action="store_true", help="budget / max-error mode with calibration: fine-tune the operators the plan changed end to end toward the original's outputs (torch: pip install onnx-depth[torch]); stops on the validation error and is kept only if that falls")
     o.add_argument("--no-refit", action="store_true", help="budget mode with calibration: merge naively instead of refitting merged layers by least squares")
     o.add_argument("--check", type=int, default=0, metavar="N", help="compare IN and OUT on N random inputs (exit 1 on mismatch; exact modes only)")
     o.add_argument("--input-shape", action="append", metavar="NAME:D1,D2,...", dest="input_shape",
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                            remeasure=bool(getattr(args, "remeasure", False)),
                            input_shapes=getattr(args, "input_shape", None), fix_shapes=bool(getattr(args, "fix_shapes", False)),
                            cluster=getattr(args, "cluster", None), target=getattr(args, "target", None),
-                           cluster_timeout=getattr(args, "cluster_timeout", None))
+                           cluster_timeout=getattr(args, "cluster_timeout", None),
+                           distill=bool(getattr(args, "distill", False)))
     except OnnxDepthError as e:
         report = getattr(e, "report", None)
         if report is not None:  # planning started: leave the evidence
