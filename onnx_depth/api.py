@@ -236,8 +236,14 @@ def optimize(
                         passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
     _note_shapes(report, fixed)
     report.warnings = warnings
-    if distill and outcome is not None and outcome.changed() and split.held_out:
-        out = _distilled(out, original, outcome, split, threads, report, warnings)
+    if distill and outcome is not None and outcome.changed():
+        if split.held_out:
+            keep_top1 = max_error is not None and ErrorBound.parse(max_error).metric == "top1"
+            out = _distilled(out, original, outcome, split, threads, report, warnings, keep_top1)
+        else:
+            diagnostics.warn("--distill skipped: no validation part was held out of the calibration data (too few "
+                             "samples), and training without one would go unchecked", diagnostics.OnnxDepthWarning,
+                             sink=warnings)
     if cal is not None:
         report.fidelity = evaluate(reference, out, split.validation)
         report.fidelity_fit = evaluate(reference, out, split.fit) if split.held_out else report.fidelity
@@ -268,12 +274,14 @@ def _check_distill(latency_budget, max_error, calibration) -> None:
         raise InputError("--distill needs torch: pip install 'onnx-depth[torch]'") from None
 
 
-def _distilled(out, original, outcome, split, threads, report: Report, warnings: list) -> onnx.ModelProto:
-    """onnx_depth.torch.distill on the emitted model, kept when its validation NMSE falls."""
+def _distilled(out, original, outcome, split, threads, report: Report, warnings: list,
+               keep_top1: bool) -> onnx.ModelProto:
+    """onnx_depth.torch.distill on the emitted model, kept when its validation NMSE falls (and,
+    under a --max-error bound on top-1, its validation top-1 agreement does not)."""
     from .torch.distill import distill_if_better
 
     model, info = distill_if_better(out, original, set(outcome.cands.graph.initializers), split.fit, split.validation,
-                                    threads=threads or 1)
+                                    threads=threads or 1, keep_top1=keep_top1)
     if info.get("skipped") and info.get("curve"):  # trained, no epoch better: the least-squares model stays
         report.notes.append(f"--distill: {info['epochs']} epoch(s) in {info['seconds']:.0f} s, none lowered the validation "
                             f"error ({info['val_nmse_before']:.3g}): the refit model is emitted")
@@ -282,7 +290,8 @@ def _distilled(out, original, outcome, split, threads, report: Report, warnings:
     else:
         (a, b), (ta, tb) = info["val_nmse_onnxruntime"], info["val_top1_onnxruntime"]
         top1 = "" if ta is None else f", top-1 agreement {ta:.1%} -> {tb:.1%}"
-        what = "kept" if info["kept"] else "NOT kept (no lower validation NMSE)"
+        what = "kept" if info["kept"] else ("NOT kept (no lower validation NMSE" + (", or a lower top-1 agreement under "
+                                            "--max-error top1" if keep_top1 else "") + ")")
         report.notes.append(f"--distill {what}: {len(info['trained'])} weight tensor(s) of the changed operators, "
                             f"{info['epochs']} epoch(s) (best {info['best_epoch'] + 1}) in {info['seconds']:.0f} s; "
                             f"validation NMSE {a:.3g} -> {b:.3g}{top1}")

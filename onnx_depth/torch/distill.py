@@ -186,10 +186,11 @@ def _run(model, original, train, xf, xv, *, lr, batch, max_epochs, patience, tim
 
 
 def distill_if_better(model: onnx.ModelProto, original: onnx.ModelProto, before: "set[str]", fit, validation, *,
-                      threads: int | None = 1, **kw) -> tuple[onnx.ModelProto, dict]:
+                      threads: int | None = 1, keep_top1: bool = False, **kw) -> tuple[onnx.ModelProto, dict]:
     """distill_changed, kept when the validation output NMSE measured with onnxruntime (the
     reported fidelity's oracle) falls. NMSE, not top-1 agreement, decides: it is what the
     training lowers, and on a few dozen validation samples top-1 moves in steps of one sample.
+    keep_top1 (a --max-error bound on top-1): also the validation top-1 agreement must not fall.
     Returns (the model to emit, a report dict)."""
     res = distill_changed(model, original, before, fit, validation, threads=threads, **kw)
     info = res.to_dict()
@@ -198,6 +199,9 @@ def distill_if_better(model: onnx.ModelProto, original: onnx.ModelProto, before:
         return model, info
     old = evaluate(original, model, validation, threads=threads)
     new = evaluate(original, res.model, validation, threads=threads)
-    info.update(kept=bool(new.nmse < old.nmse), val_nmse_onnxruntime=[old.nmse, new.nmse],
+    kept = new.nmse < old.nmse
+    if keep_top1 and old.top1_agreement is not None and new.top1_agreement is not None:
+        kept = kept and new.top1_agreement >= old.top1_agreement
+    info.update(kept=bool(kept), val_nmse_onnxruntime=[old.nmse, new.nmse],
                 val_top1_onnxruntime=[old.top1_agreement, new.top1_agreement])
     return (res.model if info["kept"] else model), info

@@ -91,6 +91,9 @@ def test_distillation_trains_only_the_changed_weights_lowers_held_out_error_and_
     assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in changed.graph.node]
     again, _ = distill_if_better(changed, original, before, fit, val, threads=1, max_epochs=4, patience=4)
     assert again.SerializeToString() == out.SerializeToString()  # seeded: same inputs, same bytes
+    _, strict = distill_if_better(changed, original, before, fit, val, threads=1, max_epochs=4, patience=4, keep_top1=True)
+    (o, n), (t_old, t_new) = strict["val_nmse_onnxruntime"], strict["val_top1_onnxruntime"]
+    assert strict["kept"] == (n < o and t_new >= t_old)  # under --max-error top1: top-1 must not fall either
 
 
 def test_validation_samples_decide_the_epoch_but_are_never_trained_on():
