@@ -228,9 +228,6 @@ def optimize(
         report, plan = _budget_report(outcome, env, source_name, before, results, latency_budget, max_error, threads,
                                       provider, budget_tolerance, after=metrics.model_stats(graph))
         _note_cluster(report, where)
-        if cal is None and outcome.changed():
-            diagnostics.warn("the emitted model is lossy and its fidelity was NOT measured (no calibration data); pass "
-                             "--calibration DATA to measure it", diagnostics.FidelityNotMeasuredWarning, sink=warnings)
     else:
         report = Report(input=source_name, output=None, before=before, after=metrics.model_stats(graph),
                         passes=[r.to_dict() for r in results], environment=environment(current(provider=provider, threads=threads or 1)))
@@ -253,7 +250,7 @@ def optimize(
         if not lossless and outcome is None:
             report.notes.append("lossy: activations linear on every calibration sample were removed; fidelity measured on the "
                                 + ("validation part" if split.held_out else "calibration data"))
-    if outcome is not None:
+    if outcome is not None and (cal is not None or outcome.changed()):  # unchanged and no data: exact, nothing to judge
         _guard(report, split, max_error, original)
     if check:
         samples = shapes.check_samples(original, given, cal)
@@ -308,8 +305,8 @@ def _guard(report: Report, split, max_error, original: onnx.ModelProto) -> None:
                     classifier=looks_like_classifier(original))
     report.fidelity_ok = verdict.ok
     report.fidelity_guard = verdict.to_dict()
-    if verdict.ok is not True and verdict.message:
-        fidelity_warning(verdict.message, report.warnings, stacklevel=4)
+    if verdict.ok is not True and verdict.message:  # ok None: no data (FidelityUnknownWarning, also "not measured")
+        fidelity_warning(verdict.message, report.warnings, stacklevel=4, unknown=verdict.ok is None)
     elif verdict.message:
         report.notes.append(verdict.message)
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..diagnostics import FidelityFloorWarning, warn
+from ..diagnostics import FidelityFloorWarning, FidelityNotMeasuredWarning, warn
 
-__all__ = ["FidelityWarning", "FidelityVerdict", "NMSE_FLOOR", "TOP1_FLOOR", "fidelity_warning", "judge",
+__all__ = ["FidelityUnknownWarning", "FidelityWarning", "FidelityVerdict", "NMSE_FLOOR", "TOP1_FLOOR", "fidelity_warning", "judge",
            "looks_like_classifier"]
 
 TOP1_FLOOR = 0.90
@@ -36,6 +36,13 @@ class FidelityWarning(FidelityFloorWarning):
     """The emitted model's fidelity is below the floor, or unknown."""
 
     code = "fidelity-floor"
+
+
+class FidelityUnknownWarning(FidelityWarning, FidelityNotMeasuredWarning):
+    """The emitted lossy model's fidelity is unknown: no calibration data measured it. One
+    warning for both facts (it was two, saying the same thing twice)."""
+
+    code = "fidelity-not-measured"
 
 
 @dataclass
@@ -65,8 +72,9 @@ def judge(validation_fidelity, *, held_out: bool = True, max_error=None, classif
     NMSE even where the comparator defines a top-1 agreement (see `looks_like_classifier`)."""
     if validation_fidelity is None:
         return FidelityVerdict(None, None, None, None,
-                               "fidelity of the emitted model is UNKNOWN: no calibration data, the plan was chosen by a "
-                               "data-free guess and may have destroyed the model; pass --calibration DATA to measure it")
+                               "fidelity of the emitted lossy model is UNKNOWN (NOT measured: no calibration data); the "
+                               "plan was chosen by a data-free guess and may have destroyed the model; pass "
+                               "--calibration DATA to measure it")
     top1 = validation_fidelity.top1_agreement if classifier else None
     nmse = float(validation_fidelity.nmse)
     if max_error is not None:
@@ -90,9 +98,10 @@ def judge(validation_fidelity, *, held_out: bool = True, max_error=None, classif
     return FidelityVerdict(bool(ok), metric, value, floor, msg)
 
 
-def fidelity_warning(message: str, sink: "list[dict] | None" = None, *, stacklevel: int = 3) -> None:
+def fidelity_warning(message: str, sink: "list[dict] | None" = None, *, stacklevel: int = 3,
+                     unknown: bool = False) -> None:
     """Raise `message` as a FidelityWarning (diagnostics.warn: the CLI prints it on stderr, even
     with -q) and record it in `sink` (the report's warnings)."""
     if sink is not None and any(w.get("message") == message for w in sink):
         return
-    warn(message, FidelityWarning, sink=sink, stacklevel=stacklevel + 1)
+    warn(message, FidelityUnknownWarning if unknown else FidelityWarning, sink=sink, stacklevel=stacklevel + 1)
