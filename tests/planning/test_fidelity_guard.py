@@ -133,3 +133,22 @@ def test_guard_judges_non_classifiers_by_nmse():
     assert v.ok and v.metric == "nmse" and v.value < 1e-3
     assert not judge(comp, classifier=False, max_error=None).message
     onnx.checker.check_model(model(["N", 10]))
+
+
+def test_no_data_warns_once_and_not_for_an_unchanged_plan(ffn):
+    """Without data a lossy plan raises ONE warning saying the fidelity is unknown / not measured
+    (FidelityUnknownWarning is both categories); a plan that changes nothing (a budget above 1)
+    is exact and raises none."""
+    from onnx_depth import diagnostics
+    from onnx_depth.planning.fidelity_guard import FidelityUnknownWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.optimize(str(ffn["model"]), latency_budget=0.5, latency_db=str(ffn["db"]))
+    fid = [w for w in caught if issubclass(w.category, (diagnostics.FidelityNotMeasuredWarning, FidelityWarning))]
+    assert [w.category for w in fid] == [FidelityUnknownWarning], [str(w.message) for w in fid]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = api.optimize(str(ffn["model"]), latency_budget=1.5, latency_db=str(ffn["db"]))
+    assert not r.plan or not r.plan.get("segments"), r.plan
+    assert not [w for w in caught if issubclass(w.category, (diagnostics.FidelityNotMeasuredWarning, FidelityWarning))]
