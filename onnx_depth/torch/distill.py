@@ -120,7 +120,7 @@ def distill_changed(model: onnx.ModelProto, original: onnx.ModelProto, before: "
         torch.use_deterministic_algorithms(True)
         try:
             return _run(model, original, train, xf, xv, lr=lr, batch=batch, max_epochs=max_epochs, patience=patience,
-                        time_limit_s=time_limit_s, threads=threads, seed=seed, t0=t0, chunk=fixed or 16, fixed=fixed)
+                        time_limit_s=time_limit_s, threads=threads, seed=seed, t0=t0, fixed=fixed)
         finally:
             torch.set_num_threads(n_threads)
             torch.use_deterministic_algorithms(det)
@@ -128,7 +128,10 @@ def distill_changed(model: onnx.ModelProto, original: onnx.ModelProto, before: "
         return DistillResult(None, str(e), seconds=time.perf_counter() - t0)
 
 
-def _run(model, original, train, xf, xv, *, lr, batch, max_epochs, patience, time_limit_s, threads, seed, t0, chunk, fixed):
+def _run(model, original, train, xf, xv, *, lr, batch, max_epochs, patience, time_limit_s, threads, seed, t0, fixed):
+    """The training loop of distill_changed. fixed: the model's fixed batch (every run of the
+    teacher and the student takes exactly that many samples) or None (dynamic batch)."""
+    chunk = fixed or 16  # samples per inference run
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     teacher = runtime.make_session(original, threads=threads, optimization=runtime.EVAL_OPTIMIZATION)
@@ -199,9 +202,9 @@ def distill_if_better(model: onnx.ModelProto, original: onnx.ModelProto, before:
         return model, info
     old = evaluate(original, model, validation, threads=threads)
     new = evaluate(original, res.model, validation, threads=threads)
-    kept = new.nmse < old.nmse
+    kept = bool(new.nmse < old.nmse)
     if keep_top1 and old.top1_agreement is not None and new.top1_agreement is not None:
         kept = kept and new.top1_agreement >= old.top1_agreement
-    info.update(kept=bool(kept), val_nmse_onnxruntime=[old.nmse, new.nmse],
+    info.update(kept=kept, val_nmse_onnxruntime=[old.nmse, new.nmse],
                 val_top1_onnxruntime=[old.top1_agreement, new.top1_agreement])
-    return (res.model if info["kept"] else model), info
+    return (res.model if kept else model), info
