@@ -81,38 +81,68 @@ def compose(c1: ConvSpec, c2: ConvSpec) -> ConvSpec:
     """The conv equal to conv2(conv1(x)) away from the ring (see module docstring and ``exactness``).
 
     Result: stride s1*s2, pads p1 + s1*p2, dilation gcd(d1, s1*d2), groups gcd(g1, g2), float32.
+    A depthwise side (one channel per group, multiplier 1) is composed without the block-dense
+    expansion: conv2 depthwise reads only m = o, so W[o, i] = sum_v W2[o, 0, v] W1[o, i] (shifted
+    by v), groups g1; conv1 depthwise: W[o, i] = sum_v W2[o, i, v] W1[ch(o, i), 0] (shifted),
+    ch(o, i) the channel slot i of output o reads, groups g2. (Expanding a depthwise conv of C
+    channels to a dense C x C block made a merged EfficientNet block cost C^2 x O per tap.)
     """
     _check_chain(c1, c2)
     r = c1.rank
-    g = gcd(c1.group, c2.group)
-    w1 = to_block_dense(np.asarray(c1.weight, np.float64), c1.group, g)  # [g, M/g, I/g, *k1]
-    w2 = to_block_dense(np.asarray(c2.weight, np.float64), c2.group, g)  # [g, O/g, M/g, *k2]
     k1, k2 = c1.kernel_shape, c2.kernel_shape
     s1, d1, d2 = c1.strides, c1.dilations, c2.dilations
     D = tuple(gcd(d1[a], s1[a] * d2[a]) for a in range(r))
     step2 = tuple(s1[a] * d2[a] // D[a] for a in range(r))  # W2 tap spacing in units of D
     step1 = tuple(d1[a] // D[a] for a in range(r))  # W1 tap spacing in units of D
     K = tuple(step1[a] * (k1[a] - 1) + step2[a] * (k2[a] - 1) + 1 for a in range(r))
-    w = np.zeros((g, w2.shape[1], w1.shape[2], *K))
-    for v in product(*(range(k) for k in k2)):
-        sl = tuple(slice(step2[a] * v[a], step2[a] * v[a] + step1[a] * (k1[a] - 1) + 1, step1[a]) for a in range(r))
-        w[(slice(None), slice(None), slice(None), *sl)] += np.einsum(
-            "gom,gmi...->goi...", w2[(slice(None), slice(None), slice(None), *v)], w1
-        )
-    weight, group = from_block_dense(w)
+
+    def taps():  # (tap v of W2, the slice of the merged kernel W1 lands on for it)
+        for v in product(*(range(k) for k in k2)):
+            yield v, tuple(slice(step2[a] * v[a], step2[a] * v[a] + step1[a] * (k1[a] - 1) + 1, step1[a]) for a in range(r))
+
+    if _depthwise(c2):  # W[o, i, w] = sum_v W2[o, 0, v] W1[o, i, w - v]
+        w1, w2 = np.asarray(c1.weight, np.float64), np.asarray(c2.weight, np.float64)[:, 0]
+        weight, group = np.zeros((*w1.shape[:2], *K)), c1.group
+        for v, sl in taps():
+            weight[(slice(None), slice(None), *sl)] += w2[(slice(None), *v)].reshape(-1, 1, *([1] * r)) * w1
+    elif _depthwise(c1):  # W[o, i, w] = sum_v W2[o, i, v] W1[ch(o, i), 0, w - v]
+        w2 = np.asarray(c2.weight, np.float64)
+        w1 = np.asarray(c1.weight, np.float64)[:, 0][_slot_channels(c2)]  # [O, M/g2, *k1]
+        weight, group = np.zeros((*w2.shape[:2], *K)), c2.group
+        for v, sl in taps():
+            weight[(slice(None), slice(None), *sl)] += w2[(slice(None), slice(None), *v)].reshape(*w2.shape[:2], *([1] * r)) * w1
+    else:
+        g = gcd(c1.group, c2.group)
+        w1 = to_block_dense(np.asarray(c1.weight, np.float64), c1.group, g)  # [g, M/g, I/g, *k1]
+        w2 = to_block_dense(np.asarray(c2.weight, np.float64), c2.group, g)  # [g, O/g, M/g, *k2]
+        w = np.zeros((g, w2.shape[1], w1.shape[2], *K))
+        for v, sl in taps():
+            w[(slice(None), slice(None), slice(None), *sl)] += np.einsum(
+                "gom,gmi...->goi...", w2[(slice(None), slice(None), slice(None), *v)], w1
+            )
+        weight, group = from_block_dense(w)
 
     bias = None
     if c1.bias is not None or c2.bias is not None:
         bias = c2.bias_or_zeros()
-        if c1.bias is not None:
-            b1 = np.asarray(c1.bias, np.float64).reshape(g, -1)  # [g, M/g]
-            w2sum = w2.reshape(*w2.shape[:3], -1).sum(-1)  # [g, O/g, M/g]
-            bias = bias + np.einsum("gom,gm->go", w2sum, b1).reshape(-1)
+        if c1.bias is not None:  # b[o] = b2[o] + sum_{i,v} W2[o, i, v] b1[ch(o, i)]
+            w2sum = np.asarray(c2.weight, np.float64).reshape(*c2.weight.shape[:2], -1).sum(-1)  # [O, M/g2]
+            bias = bias + np.einsum("oi,oi->o", w2sum, np.asarray(c1.bias, np.float64)[_slot_channels(c2)])
         bias = bias.astype(OUT_DTYPE)
-
     pads = tuple(c1.pads[a] + s1[a % r] * c2.pads[a] for a in range(2 * r))
     strides = tuple(s1[a] * c2.strides[a] for a in range(r))
     return ConvSpec(weight.astype(OUT_DTYPE), bias, strides, D, pads, group)
+
+
+def _depthwise(c: ConvSpec) -> bool:
+    """One input and one output channel per group (a depthwise conv of multiplier 1)."""
+    return c.group == c.out_channels and c.weight.shape[1] == 1
+
+
+def _slot_channels(c: ConvSpec) -> np.ndarray:
+    """[O, C_in/g] int: the input channel that input slot i of output o reads in a grouped conv."""
+    O, cin_g = c.weight.shape[:2]
+    return (np.arange(O) // (O // c.group))[:, None] * cin_g + np.arange(cin_g)[None, :]
 
 
 # ----- exactness --------------------------------------------------------------------------------

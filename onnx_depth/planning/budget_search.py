@@ -87,6 +87,7 @@ class BudgetSearch:
         self.considered: list[tuple[float, float]] = []
         self.rounds: list[Round] = []
         self.seq_cache: dict[tuple, dict] = {}
+        self.seq_memo: dict = {}  # refit_sequential's per-prefix fits, shared by every plan of this search
         self.seq_info: dict[str, dict] = {}
         self.measured_plans: dict[str, tuple[float, Measurement, float]] = {}  # key -> (predicted, measurement, importance)
         self.graphs: dict[str, tuple[list[SegmentOption], Graph]] = {}
@@ -153,7 +154,7 @@ class BudgetSearch:
             key = tuple(o.id for o in plan if o.kind != "keep")
             if key not in self.seq_cache:
                 sf = refit_sequential(cands, plan, ops, self.reference, self.calibration, self.validation,
-                                      threads=self.threads)
+                                      threads=self.threads, memo=self.seq_memo)
                 self.seq_cache[key] = sf.operators
                 self.seq_info.update({k: {"estimator": v, "segment_val_nmse": sf.val_nmse.get(k)}
                                       for k, v in sf.choices.items()})

@@ -81,15 +81,29 @@ def _order(cands: Candidates, reference: onnx.ModelProto, plan: Sequence[Segment
 
 def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators: dict[str, object],
                      reference: onnx.ModelProto, fit, validation=None, *, capped: bool = True,
-                     threads: int | None = None, adaptors: bool | None = None) -> SequentialFit:
+                     threads: int | None = None, adaptors: bool | None = None, memo: dict | None = None) -> SequentialFit:
     """Operators for the plan's changed options, refit in topological order (module docstring).
     `operators`: the parallel-refit (or naive) ones, kept where an option is not refittable.
-    `reference`: the lossless graph before the plan (same tensor names as `cands.graph`)."""
+    `reference`: the lossless graph before the plan (same tensor names as `cands.graph`).
+    `memo` (a dict the caller keeps across calls with the same cands, operators, reference, data
+    and settings): option k's fit depends only on options 1..k-1 in topological order, so it is
+    stored under (those options' ids, k's id) and reused by every later plan that shares that
+    prefix; re-planning compares plans that differ by one option, whose upstream fits repeat."""
     changed = [o for o in plan if o.kind != "keep"]
     out = SequentialFit(dict(operators))
     applied: list[SegmentOption] = []
     adaptors = ADAPTORS if adaptors is None else adaptors
     for o in _order(cands, reference, changed):
+        key = (tuple(a.id for a in applied), o.id)
+        if memo is not None and key in memo:
+            if memo[key] is not None:
+                out.operators[o.id], out.choices[o.id], v = memo[key]
+                if v is not None:
+                    out.val_nmse[o.id] = v
+            applied.append(o)
+            continue
+        if memo is not None:
+            memo[key] = None  # unless a fit below replaces it: the given operator stays
         naive = option_operator(cands, o)
         adaptor = identity_adaptor(cands, o, naive) if adaptors and validation is not None else None
         if adaptor is not None:
@@ -120,5 +134,7 @@ def refit_sequential(cands: Candidates, plan: Sequence[SegmentOption], operators
         out.choices[o.id] = ("adaptor " if adaptor is not None else "") + sel.choice
         if sel.val_nmse:
             out.val_nmse[o.id] = sel.val_nmse[sel.choice]
+        if memo is not None:
+            memo[key] = (op, out.choices[o.id], out.val_nmse.get(o.id))
         applied.append(o)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from onnx_depth.kernels import ConvSpec, Tier, border_correction, compose, exactness, merge
 
@@ -124,3 +125,30 @@ def test_errors():
         compose(_spec(rng, 4, 3, (1, 1)), _spec(rng, 4, 5, (1, 1)))
     with pytest.raises(ValueError, match="ranks"):
         compose(_spec(rng, 4, 3, (1,)), _spec(rng, 4, 4, (1, 1)))
+
+
+@st.composite
+def depthwise_chains(draw, rank: int = 2):
+    """(conv1, conv2, input_shape) with one or both convs depthwise (compose's direct path)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    which = draw(st.sampled_from(["first", "second", "both"]))
+    C, O = draw(st.sampled_from([2, 4, 6])), draw(st.sampled_from([2, 3, 4]))
+    I = C if which != "second" else draw(st.sampled_from([1, 2, 3]))
+    if which != "first":  # a depthwise conv2 keeps the channel count
+        O = C
+    k = [draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank)) for _ in range(2)]
+    s = [draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank)) for _ in range(2)]
+    d = [draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank)) for _ in range(2)]
+    p = [draw(st.lists(st.integers(0, 2), min_size=2 * rank, max_size=2 * rank)) for _ in range(2)]
+    g1 = C if which != "second" else draw(st.sampled_from([g for g in (1, I) if C % g == 0]))
+    g2 = C if which != "first" else draw(st.sampled_from([g for g in (1, 2) if C % g == 0 and O % g == 0]))
+    c1 = rand_conv(rng, C, I, k[0], g1, s[0], d[0], p[0], bias=draw(st.booleans()))
+    c2 = rand_conv(rng, O, C, k[1], g2, s[1], d[1], p[1], bias=draw(st.booleans()))
+    n = [d[0][a] * (k[0][a] - 1) + 1 + s[0][a] * (d[1][a] * (k[1][a] - 1)) + draw(st.integers(0, 3)) for a in range(rank)]
+    return c1, c2, (1, I, *n)
+
+
+@settings(max_examples=150, deadline=None)
+@given(depthwise_chains())
+def test_depthwise_direct_path(chain):
+    check_chain(*chain)

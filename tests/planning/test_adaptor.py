@@ -84,3 +84,40 @@ def test_no_adaptor_without_validation(setup):
     o = c.option(DROP)
     sf = refit_sequential(c, [o], {}, ref, sp.fit, None, adaptors=True)
     assert o.id not in sf.operators  # nothing to choose on: the identity stays
+
+
+def _disjoint_changes(c, n):
+    """n options that change layers, on disjoint segments of chain 0, in order."""
+    out, end = [], 0
+    for o in sorted((o for o in c.options if o.kind != "keep" and o.chain == 0), key=lambda o: (o.st, o.end)):
+        if o.st >= end and len(out) < n:
+            out.append(o)
+            end = o.end
+    return out
+
+
+def test_prefix_memo_gives_the_same_fits_and_skips_shared_prefixes(setup, monkeypatch):
+    # the sequential fit of option k depends only on options 1..k-1: a memo keyed by that prefix
+    # returns exactly the fresh result, and a plan whose every prefix was fitted streams no data
+    import onnx_depth.planning.sequential_refit as sr
+
+    c, ref, sp = setup
+    a, b, d = _disjoint_changes(c, 3)
+    memo: dict = {}
+    refit_sequential(c, [a, b, d], {}, ref, sp.fit, sp.validation, memo=memo)
+    runs = []
+    real = sr.stream_tensors
+    monkeypatch.setattr(sr, "stream_tensors", lambda *x, **k: runs.append(1) or real(*x, **k))
+    for plan in ([a, d], [a, b]):
+        runs.clear()
+        cached = refit_sequential(c, plan, {}, ref, sp.fit, sp.validation, memo=memo)
+        n_cached = len(runs)
+        fresh = refit_sequential(c, plan, {}, ref, sp.fit, sp.validation)
+        assert cached.choices == fresh.choices and cached.val_nmse == fresh.val_nmse
+        assert cached.operators.keys() == fresh.operators.keys()
+        for k, op in fresh.operators.items():
+            np.testing.assert_array_equal(cached.operators[k].weight, op.weight)
+        if plan == [a, b]:
+            assert n_cached == 0  # both prefixes were fitted by [a, b, d]
+        else:
+            assert 0 < n_cached < len(runs) - n_cached  # d after a alone is fitted anew; a is not

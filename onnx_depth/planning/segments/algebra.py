@@ -107,12 +107,6 @@ class RealAlgebra:
             return None  # the identity: nothing to compose
         return ChannelAffine(a, b, kind, max(len(shape) - 2, 1))
 
-    @staticmethod
-    def _as_conv(f: ChannelAffine) -> ConvSpec:
-        c = f.a.size
-        w = f.a.reshape(c, 1, *([1] * f.rank)).astype(np.float32)
-        return ConvSpec(w, f.b.astype(np.float32), (1,) * f.rank, (1,) * f.rank, (0,) * (2 * f.rank), c)
-
     def compose(self, a, b):
         if isinstance(a, ChannelAffine) or isinstance(b, ChannelAffine):
             return self._compose_affine(a, b)
@@ -130,11 +124,11 @@ class RealAlgebra:
             return ChannelAffine(a.a * b, a.b * b, a.kind, a.rank)
         if isinstance(b, ChannelAffine):  # affine after a layer
             if isinstance(a, ConvSpec):
-                return compose(a, self._as_conv(b))
+                return _affine_after_conv(a, b)
             W, bias = a
             return (W * b.a[None, :], (0.0 if bias is None else bias) * b.a + b.b)
         if isinstance(b, ConvSpec):  # affine before a layer
-            return compose(self._as_conv(a), b)
+            return _affine_before_conv(a, b)
         W, bias = b
         return (a.a[:, None] * W, a.b @ W + (0.0 if bias is None else bias))
 
@@ -159,6 +153,30 @@ class RealAlgebra:
         b = None if inner[1] is None and branch[1] is None else (
             (0 if inner[1] is None else inner[1]) + (0 if branch[1] is None else branch[1]))
         return (inner[0] + branch[0], b)
+
+
+def _affine_after_conv(c: ConvSpec, f: ChannelAffine) -> ConvSpec:
+    """f∘conv: a_o (conv(x) + bias)_o + b_o, i.e. W'[o] = a_o W[o], bias' = a bias + b. Equal to
+    `kernels.compose(conv, f as a depthwise 1x1 conv)` (a pointwise map after the conv is exact
+    at the border too) without building the C x C block-dense form of the 1x1 conv."""
+    a = f.a.reshape(-1, *([1] * (c.weight.ndim - 1)))
+    w = np.asarray(c.weight, np.float64) * a
+    bias = c.bias_or_zeros() * f.a + f.b
+    return ConvSpec(w.astype(np.float32), bias.astype(np.float32), c.strides, c.dilations, c.pads, c.group)
+
+
+def _affine_before_conv(f: ChannelAffine, c: ConvSpec) -> ConvSpec:
+    """conv∘f: conv(a x + b) = conv'(x) with W'[o, i] = W[o, i] a_ch(o,i) and
+    bias'_o = bias_o + sum_{i,k} W[o, i, k] b_ch(o,i), ch(o, i) = (o // (O/g)) (C/g) + i the
+    input channel slot i of output o reads in a conv of g groups. Equal to
+    `kernels.compose(f as a depthwise 1x1 conv, conv)`, including its border behaviour (the
+    padded ring reads b where the original reads 0), without the block-dense expansion."""
+    O, cin_g = c.weight.shape[:2]
+    ch = (np.arange(O) // (O // c.group))[:, None] * cin_g + np.arange(cin_g)[None, :]  # [O, C/g]
+    w = np.asarray(c.weight, np.float64)
+    scaled = w * f.a[ch].reshape(O, cin_g, *([1] * (w.ndim - 2)))
+    bias = c.bias_or_zeros() + np.einsum("oi,oi->o", w.reshape(O, cin_g, -1).sum(-1), f.b[ch])
+    return ConvSpec(scaled.astype(np.float32), bias.astype(np.float32), c.strides, c.dilations, c.pads, c.group)
 
 
 def _compose_map(alg, a, b):
